@@ -1,0 +1,203 @@
+/*
+** The asynchost CLI: lua5.4's command line, with the async world.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static const char *progname = "asynchost";
+
+static void print_usage(FILE *f) {
+  fprintf(f,
+          "usage: %s [options] [script [args]]\n"
+          "Runs a Lua 5.4 script whose tasks share one event loop: fetch,\n"
+          "sleep, db, gather, spawn, timeout, http servers.\n"
+          "\n"
+          "Options (as lua5.4's):\n"
+          "  -e stat   execute string 'stat'\n"
+          "  -i        enter interactive mode after executing 'script'\n"
+          "  -l mod    require library 'mod' into global 'mod'\n"
+          "  -l g=mod  require library 'mod' into global 'g'\n"
+          "  -v        show version information\n"
+          "  -E        ignore environment variables\n"
+          "  -W        turn warnings on\n"
+          "  --        stop handling options\n"
+          "  -         stop handling options and execute stdin\n"
+          "  -h, --help  show this help\n"
+          "\n"
+          "Examples:\n"
+          "  %s crawl.lua https://example.com/\n"
+          "  %s -e 'print(gather({1, 2, 3}, function(x) sleep(0.1) return x * 2 end)[3])'\n"
+          "  %s /usr/bin/busted spec\n"
+          "\n"
+          "Docs: README.md and docs/ in the source tree; man asynchost.\n",
+          progname, progname, progname, progname);
+}
+
+static void print_version(void) {
+  printf("asynchost %s (%s, libuv %s)\n", AH_VERSION, LUA_RELEASE,
+         uv_version_string());
+}
+
+typedef struct cli {
+  int script;   /* index of the script in argv, 0 if none */
+  int interactive, version, ignore_env, warnings, exec;
+  int nactions;
+} cli;
+
+static int usage_error(const char *msg, const char *opt) {
+  fprintf(stderr, "%s: %s '%s'\n", progname, msg, opt);
+  print_usage(stderr);
+  return -1;
+}
+
+/* Scans options as lua.c does; returns -1 on a bad one, 1 for --help. */
+static int parse_args(int argc, char **argv, cli *c) {
+  int i;
+  memset(c, 0, sizeof *c);
+  for (i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (a[0] != '-') {
+      c->script = i;
+      return 0;
+    }
+    if (strcmp(a, "-") == 0) {
+      c->script = i;
+      return 0;
+    }
+    if (strcmp(a, "--") == 0) {
+      if (i + 1 < argc) c->script = i + 1;
+      return 0;
+    }
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) return 1;
+    switch (a[1]) {
+    case 'i':
+      if (a[2]) return usage_error("unrecognized option", a);
+      c->interactive = c->version = 1;
+      break;
+    case 'v':
+      if (a[2]) return usage_error("unrecognized option", a);
+      c->version = 1;
+      break;
+    case 'E':
+      if (a[2]) return usage_error("unrecognized option", a);
+      c->ignore_env = 1;
+      break;
+    case 'W':
+      if (a[2]) return usage_error("unrecognized option", a);
+      c->warnings = 1;
+      break;
+    case 'e':
+    case 'l':
+      c->exec = 1;
+      c->nactions++;
+      if (a[2] == '\0') {
+        if (++i >= argc || argv[i][0] == '-')
+          return usage_error(a[1] == 'e' ? "'-e' needs an argument"
+                                         : "'-l' needs an argument",
+                             a);
+      }
+      break;
+    default:
+      return usage_error("unrecognized option", a);
+    }
+  }
+  return 0;
+}
+
+/* Builds the global `arg` and the cfg table for lua/cli.lua. */
+static void push_cfg(lua_State *L, int argc, char **argv, const cli *c) {
+  int i, n = 0, script = c->script ? c->script : argc;
+  lua_createtable(L, argc, 1);
+  for (i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - script);
+  }
+  lua_setglobal(L, "arg");
+  lua_newtable(L); /* cfg */
+  lua_newtable(L); /* actions */
+  for (i = 1; i < script; i++) {
+    const char *a = argv[i];
+    if (a[0] == '-' && (a[1] == 'e' || a[1] == 'l')) {
+      lua_createtable(L, 2, 0);
+      lua_pushlstring(L, a + 1, 1);
+      lua_rawseti(L, -2, 1);
+      lua_pushstring(L, a[2] ? a + 2 : argv[++i]);
+      lua_rawseti(L, -2, 2);
+      lua_rawseti(L, -2, ++n);
+    }
+  }
+  lua_setfield(L, -2, "actions");
+  if (c->script) {
+    lua_pushstring(L, argv[c->script]);
+    lua_setfield(L, -2, "script");
+  } else if (!c->exec && !c->version) {
+    if (isatty(0)) {
+      lua_pushboolean(L, 1);
+      lua_setfield(L, -2, "interactive");
+      lua_pushfstring(L, "asynchost %s (%s), async REPL: try gather, sleep",
+                      AH_VERSION, LUA_RELEASE);
+      lua_setfield(L, -2, "banner");
+    } else {
+      lua_pushliteral(L, "-");
+      lua_setfield(L, -2, "script");
+    }
+  }
+  lua_createtable(L, argc, 1);
+  for (i = script + 1, n = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, ++n);
+  }
+  lua_pushinteger(L, n);
+  lua_setfield(L, -2, "n");
+  lua_setfield(L, -2, "args");
+  if (c->interactive) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "interactive");
+  }
+  lua_pushboolean(L, c->ignore_env);
+  lua_setfield(L, -2, "ignore_env");
+  lua_pushboolean(L, c->warnings);
+  lua_setfield(L, -2, "warnings");
+}
+
+int main(int argc, char **argv) {
+  ah_options opts = {0};
+  ah_host *h;
+  lua_State *L;
+  cli c;
+  int status, rc;
+  if (argv[0] && argv[0][0]) progname = "asynchost";
+  rc = parse_args(argc, argv, &c);
+  if (rc < 0) return 1;
+  if (rc > 0) {
+    print_usage(stdout);
+    return 0;
+  }
+  if (c.version) print_version();
+  opts.globals = 1;
+  opts.signals = 1;
+  h = ah_host_new(&opts);
+  if (!h) {
+    fprintf(stderr, "%s: cannot create the host (out of memory)\n", progname);
+    return 1;
+  }
+  L = ah_host_lua(h);
+  if (ah__load_lua(L, "cli") != LUA_OK) {
+    fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
+    ah_host_free(h);
+    return 1;
+  }
+  push_cfg(L, argc, argv, &c);
+  ah_host_spawn_call(h, 1, NULL, NULL, NULL);
+  status = ah_host_run(h);
+  if (h->exiting && !h->exit_close) { /* os.exit without close, as Lua's */
+    fflush(NULL);
+    exit(status);
+  }
+  ah_host_free(h);
+  return status;
+}

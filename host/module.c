@@ -1,0 +1,122 @@
+/*
+** require "asynchost": the module table, its Lua parts (the lua/ files,
+** compiled in), and the CLI globals.
+*/
+#include <string.h>
+
+#include "internal.h"
+#include "../bindings/bindings.h"
+
+extern const struct {
+  const char *name;
+  const char *src;
+  size_t len;
+} ah__lua_files[];
+
+/* Loads the compiled-in lua/<name>.lua as a chunk named "asynchost.<name>". */
+int ah__load_lua(lua_State *L, const char *name) {
+  int i;
+  for (i = 0; ah__lua_files[i].name; i++)
+    if (strcmp(ah__lua_files[i].name, name) == 0) {
+      lua_pushfstring(L, "=asynchost.%s", name);
+      int st = luaL_loadbuffer(L, ah__lua_files[i].src, ah__lua_files[i].len,
+                               lua_tostring(L, -1));
+      lua_remove(L, -2);
+      return st;
+    }
+  lua_pushfstring(L, "no compiled-in Lua file '%s'", name);
+  return LUA_ERRFILE;
+}
+
+/* stats() -> {tasks=, ready=, timers=, <kind>=...}: what is still alive */
+static int l_stats(lua_State *L) {
+  ah_host *h = ah_host_of(L);
+  ah_task *t;
+  int i, ready = 0;
+  lua_createtable(L, 0, 4 + h->ncounts);
+  lua_pushinteger(L, h->ntasks);
+  lua_setfield(L, -2, "tasks");
+  for (t = h->qhead; t; t = t->qnext) ready++;
+  lua_pushinteger(L, ready);
+  lua_setfield(L, -2, "ready");
+  lua_pushinteger(L, h->nheap);
+  lua_setfield(L, -2, "timers");
+  lua_pushinteger(L, h->closing);
+  lua_setfield(L, -2, "closing");
+  for (i = 0; i < h->ncounts; i++) {
+    lua_pushinteger(L, h->counts[i].n);
+    lua_setfield(L, -2, h->counts[i].kind);
+  }
+  return 1;
+}
+
+/* shutdown_timeout([s]) -> s: how long a graceful shutdown waits */
+static int l_shutdown_timeout(lua_State *L) {
+  ah_host *h = ah_host_of(L);
+  if (!lua_isnoneornil(L, 1)) {
+    double s = luaL_checknumber(L, 1);
+    luaL_argcheck(L, s >= 0, 1, "must be >= 0");
+    h->shutdown_timeout = s;
+  }
+  lua_pushnumber(L, h->shutdown_timeout);
+  return 1;
+}
+
+static int l_shutdown(lua_State *L) {
+  ah_host_shutdown(ah_host_of(L));
+  return 0;
+}
+
+static int l_shutting_down(lua_State *L) {
+  lua_pushboolean(L, ah_host_of(L)->shutdown != 0);
+  return 1;
+}
+
+static void open_lua_part(lua_State *L, int mod, const char *name) {
+  if (ah__load_lua(L, name) != LUA_OK) lua_error(L);
+  lua_pushvalue(L, mod);
+  ah__push_traceback_msgh(L);
+  lua_call(L, 2, 0);
+}
+
+static int load_embedded(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  if (ah__load_lua(L, name) != LUA_OK) return lua_error(L);
+  return 1;
+}
+
+void ah__module_open(lua_State *L, int globals) {
+  static const luaL_Reg funcs[] = {{"stats", l_stats},
+                                   {"shutdown_timeout", l_shutdown_timeout},
+                                   {"shutdown", l_shutdown},
+                                   {"shutting_down", l_shutting_down},
+                                   {"_load", load_embedded},
+                                   {NULL, NULL}};
+  int mod;
+  lua_newtable(L);
+  mod = lua_gettop(L);
+  luaL_setfuncs(L, funcs, 0);
+  lua_pushliteral(L, AH_VERSION);
+  lua_setfield(L, mod, "version");
+  ah__tasklib_open(L, mod);
+  ah__scope_open(L, mod);
+  ah_open_sleep(L, mod);
+  ah_open_sync(L, mod);
+  ah_open_stdin(L, mod);
+  open_lua_part(L, mod, "prelude");
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushvalue(L, mod);
+  lua_setfield(L, -2, "asynchost");
+  lua_pop(L, 1);
+  if (globals) {
+    lua_pushnil(L);
+    while (lua_next(L, mod)) {
+      const char *k = lua_tostring(L, -2);
+      if (k[0] != '_' && strcmp(k, "version") != 0 && strcmp(k, "stats") != 0)
+        lua_setglobal(L, k);
+      else
+        lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+}
