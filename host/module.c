@@ -103,6 +103,14 @@ void ah__module_open(lua_State *L, int globals) {
   ah_open_sleep(L, mod);
   ah_open_sync(L, mod);
   ah_open_stdin(L, mod);
+  ah_open_json(L, mod);
+  ah_open_log(L, mod);
+  ah_open_fetch(L, mod);
+  ah_open_db(L, mod);
+  ah_open_http(L, mod);
+  ah_open_html(L, mod);
+  ah_open_fs(L, mod);
+  ah_open_exec(L, mod);
   open_lua_part(L, mod, "prelude");
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushvalue(L, mod);

@@ -1,0 +1,74 @@
+-- Shared by the specs. after_each(H.assert_clean) checks that a test left
+-- no task, timer, handle, socket or connection behind.
+local ah = require("asynchost")
+
+local H = {}
+
+-- Live-object kinds that may outlive a test by design (idle pooled
+-- connections): their names start with "idle.".
+local function leftovers(s)
+  local left = {}
+  for kind, n in pairs(s) do
+    if kind ~= "tasks" and not kind:match("^idle%.") and n ~= 0 then
+      left[#left + 1] = kind .. "=" .. n
+    end
+  end
+  if s.tasks > 1 then left[#left + 1] = "tasks=" .. (s.tasks - 1) end
+  table.sort(left)
+  return left
+end
+
+-- Waits up to `within` seconds for cancelled tasks to unwind and handles
+-- to close, then fails naming what is left.
+function H.assert_clean(within)
+  local deadline = ah.now() + (within or 2)
+  local left
+  repeat
+    ah.sleep(0.005)
+    left = leftovers(ah.stats())
+  until #left == 0 or ah.now() > deadline
+  assert(#left == 0, "left behind: " .. table.concat(left, ", "))
+end
+
+function H.env(name)
+  local v = os.getenv(name)
+  assert(v, name .. " is not set: run the specs through spec/run")
+  return v
+end
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+H.shell_quote = shell_quote
+
+-- Runs the asynchost binary with args (a list) and returns stdout, stderr
+-- and the exit code. It blocks the loop (os.execute): for CLI tests only.
+-- opts.stdin: text fed to standard input; opts.env: {NAME = value}.
+function H.run(args, opts)
+  opts = opts or {}
+  local bin = os.getenv("AH_TEST_BIN") or arg[-1]
+  local out, err, inp = os.tmpname(), os.tmpname(), os.tmpname()
+  local f = assert(io.open(inp, "w"))
+  f:write(opts.stdin or "")
+  f:close()
+  local cmd = {}
+  for k, v in pairs(opts.env or {}) do cmd[#cmd + 1] = k .. "=" .. shell_quote(v) end
+  cmd[#cmd + 1] = shell_quote(bin)
+  for _, a in ipairs(args) do cmd[#cmd + 1] = shell_quote(a) end
+  local line = table.concat(cmd, " ") .. " <" .. inp .. " >" .. out .. " 2>" .. err
+  if opts.shell_suffix then line = line .. " " .. opts.shell_suffix end
+  local _, how, code = os.execute(line)
+  local function slurp(path)
+    local fh = assert(io.open(path, "rb"))
+    local s = fh:read("a")
+    fh:close()
+    os.remove(path)
+    return s
+  end
+  local so, se = slurp(out), slurp(err)
+  os.remove(inp)
+  if how == "signal" then code = 128 + code end
+  return so, se, code
+end
+
+return H
