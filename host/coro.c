@@ -17,12 +17,12 @@ static void **extra(lua_State *co) {
   return (void **)lua_getextraspace(co);
 }
 
-static lua_State *check_resumable(lua_State *L, lua_State *co) {
+/* Why co cannot be resumed by user code, or NULL. */
+static const char *not_resumable(lua_State *co) {
   void *x = *extra(co);
-  if (x == BUSY)
-    luaL_error(L, "cannot resume a coroutine that waits in an async call");
-  if (x != NULL) luaL_error(L, "cannot resume the coroutine of a task");
-  return co;
+  if (x == BUSY) return "cannot resume a coroutine that waits in an async call";
+  if (x != NULL) return "cannot resume the coroutine of a task";
+  return NULL;
 }
 
 static lua_State *getco(lua_State *L) {
@@ -96,7 +96,13 @@ static int finish_resume(lua_State *L, int r) {
 }
 
 static int co_resume(lua_State *L) {
-  lua_State *co = check_resumable(L, getco(L));
+  lua_State *co = getco(L);
+  const char *why = not_resumable(co);
+  if (why) {
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, why);
+    return 2;
+  }
   return finish_resume(L, auxresume(L, co, lua_gettop(L) - 1));
 }
 
@@ -131,7 +137,9 @@ static int finish_wrap(lua_State *L, int r) {
 }
 
 static int co_wrapped(lua_State *L) {
-  lua_State *co = check_resumable(L, lua_tothread(L, lua_upvalueindex(1)));
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  const char *why = not_resumable(co);
+  if (why) return luaL_error(L, "%s", why);
   return finish_wrap(L, auxresume(L, co, lua_gettop(L)));
 }
 

@@ -475,17 +475,23 @@ void ah__run_ready(ah_host *h) {
 
 /* ---- the public task API ---------------------------------------------- */
 
+/* Names the C function that stops co from yielding, for the message. */
 static int raise_unyieldable(lua_State *L, lua_State *co, const char *fname) {
   lua_Debug ar;
-  int level;
-  for (level = (co == L) ? 1 : 0; lua_getstack(co, level, &ar); level++) {
-    lua_getinfo(co, "Sn", &ar);
+  int level, first = (co == L) ? 1 : 0;
+  for (level = first; lua_getstack(co, level, &ar); level++) {
+    lua_getinfo(co, "n", &ar);
     if (ar.name && strcmp(ar.name, "__gc") == 0)
       return luaL_error(L,
                         "%s: cannot suspend inside a __gc metamethod "
                         "(finalizers run where no task can wait)",
                         fname);
-    if (*ar.what == 'C' && level > 0) {
+  }
+  for (level = first; lua_getstack(co, level, &ar); level++) {
+    lua_getinfo(co, "Sn", &ar);
+    if (*ar.what == 'C' && level > 0 &&
+        !(ar.name && (strcmp(ar.name, "pcall") == 0 ||
+                      strcmp(ar.name, "xpcall") == 0))) {
       const char *who = ar.name ? lua_pushfstring(L, "the C function '%s'", ar.name)
                                 : "a C function";
       return luaL_error(L,
