@@ -43,7 +43,8 @@ H.shell_quote = shell_quote
 
 -- Runs the asynchost binary with args (a list) and returns stdout, stderr
 -- and the exit code. It blocks the loop (os.execute): for CLI tests only.
--- opts.stdin: text fed to standard input; opts.env: {NAME = value}.
+-- opts.stdin: text fed to standard input; opts.env: {NAME = value};
+-- opts.pipe: a shell command stdout is piped to (the code is asynchost's).
 function H.run(args, opts)
   opts = opts or {}
   local bin = os.getenv("AH_TEST_BIN") or arg[-1]
@@ -55,8 +56,13 @@ function H.run(args, opts)
   for k, v in pairs(opts.env or {}) do cmd[#cmd + 1] = k .. "=" .. shell_quote(v) end
   cmd[#cmd + 1] = shell_quote(bin)
   for _, a in ipairs(args) do cmd[#cmd + 1] = shell_quote(a) end
-  local line = table.concat(cmd, " ") .. " <" .. inp .. " >" .. out .. " 2>" .. err
-  if opts.shell_suffix then line = line .. " " .. opts.shell_suffix end
+  local line = table.concat(cmd, " ") .. " <" .. inp .. " 2>" .. err
+  if opts.pipe then -- e.g. "head -n 2": stdout goes through it; its exit status is ignored
+    line = "set -o pipefail; " .. line .. " | " .. opts.pipe .. " >" .. out
+    line = "bash -c " .. shell_quote(line)
+  else
+    line = line .. " >" .. out
+  end
   local _, how, code = os.execute(line)
   local function slurp(path)
     local fh = assert(io.open(path, "rb"))
