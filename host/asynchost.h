@@ -48,8 +48,20 @@ typedef struct ah_options {
    in one process (each on its own thread, or several on one loop). */
 ah_host *ah_host_new(const ah_options *opts);
 
+/* A host on a lua_State the caller made (a Lua C module's luaopen_ uses
+   it: the state belongs to the interpreter). It adds the asynchost module
+   (package.loaded.asynchost), the task-aware coroutine library and the
+   yieldable require, print and os.exit to L, and leaves L's panic handler
+   alone. The host is freed when L is closed (a registry userdata with
+   __gc), or earlier by ah_host_free, which then leaves L open: the Lua
+   API of the host must not be called after that. Returns NULL when out
+   of memory, when the state cannot be set up (ah_host_error is not
+   available then), or when L already has a host. */
+ah_host *ah_host_attach(lua_State *L, const ah_options *opts);
+
 /* Cancels what still runs, closes every handle the host made, closes the
-   Lua state and, if the host made its loop, the loop. */
+   Lua state (unless it came from ah_host_attach) and, if the host made
+   its loop, the loop. */
 void ah_host_free(ah_host *h);
 
 lua_State *ah_host_lua(ah_host *h);

@@ -406,7 +406,9 @@ static void init_handle(ah_host *h, uv_handle_t *handle) {
   handle->data = h;
 }
 
-ah_host *ah_host_new(const ah_options *opts) {
+/* Makes a host on L: a new state (the host's) when L is NULL, else the
+   caller's, which the host then only borrows. */
+static ah_host *host_make(const ah_options *opts, lua_State *L) {
   static const ah_options defaults = {0};
   ah_host *h;
   open_args args;
@@ -440,14 +442,26 @@ ah_host *ah_host_new(const ah_options *opts) {
   uv_timer_init(h->loop, &h->drain);
   init_handle(h, (uv_handle_t *)&h->drain);
   ah__timers_init(h);
-  h->L = luaL_newstate();
-  if (!h->L) goto fail_handles;
-  lua_atpanic(h->L, on_panic);
   args.h = h;
   args.opts = opts;
-  lua_pushcfunction(h->L, open_state);
-  lua_pushlightuserdata(h->L, &args);
-  if (lua_pcall(h->L, 1, 0, 0) != LUA_OK) goto fail_handles;
+  if (L) {
+    /* the host runs its tasks from the main thread, whoever attaches it */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    h->L = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    h->borrowed = 1;
+  } else {
+    h->L = luaL_newstate();
+    if (!h->L) goto fail_handles;
+    lua_atpanic(h->L, on_panic);
+    L = h->L;
+  }
+  lua_pushcfunction(L, open_state);
+  lua_pushlightuserdata(L, &args);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    goto fail_handles;
+  }
   if (opts->signals) {
     h->signals = 1;
     init_signals(h);
@@ -460,6 +474,56 @@ fail:
   free(h->rstack);
   free(h);
   return NULL;
+}
+
+ah_host *ah_host_new(const ah_options *opts) {
+  return host_make(opts, NULL);
+}
+
+/* ---- a host on the caller's lua_State --------------------------------- */
+
+static const char attached_key = 'a';
+
+/* __gc of the registry userdata that ties an attached host to its state */
+static int attached_gc(lua_State *L) {
+  ah_host **slot = lua_touserdata(L, 1);
+  ah_host *h = *slot;
+  *slot = NULL;
+  if (h) ah_host_free(h);
+  return 0;
+}
+
+ah_host *ah_host_attach(lua_State *L, const ah_options *opts) {
+  ah_host **slot, *h;
+  if (ah_host_of(L)) return NULL; /* one host per state */
+  /* made first, so that it is finalized after the objects the host makes
+     (Lua calls finalizers in the reverse order of their marking) */
+  slot = lua_newuserdatauv(L, sizeof *slot, 0);
+  *slot = NULL;
+  lua_createtable(L, 0, 2);
+  lua_pushcfunction(L, attached_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushliteral(L, "asynchost.attached");
+  lua_setfield(L, -2, "__name");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &attached_key);
+  h = host_make(opts, L);
+  if (h) *slot = h;
+  return h;
+}
+
+/* Unties an attached host from its state, which lives on. */
+static void detach_state(ah_host *h) {
+  ah_host **slot;
+  if (lua_rawgetp(h->L, LUA_REGISTRYINDEX, &attached_key) == LUA_TUSERDATA) {
+    slot = lua_touserdata(h->L, -1);
+    *slot = NULL;
+  }
+  lua_pop(h->L, 1);
+  lua_pushnil(h->L);
+  lua_rawsetp(h->L, LUA_REGISTRYINDEX, &attached_key);
+  lua_pushnil(h->L);
+  lua_rawsetp(h->L, LUA_REGISTRYINDEX, &host_key);
 }
 
 /* ---- starting tasks from C ------------------------------------------------ */
@@ -570,7 +634,10 @@ void ah_host_free(ah_host *h) {
   }
   for (rounds = 0; h->closing > 0 && rounds < 1000; rounds++)
     uv_run(h->loop, UV_RUN_NOWAIT);
-  if (h->L) lua_close(h->L);
+  if (h->L && h->borrowed)
+    detach_state(h);
+  else if (h->L)
+    lua_close(h->L);
   h->L = NULL;
   for (rounds = 0; h->closing > 0 && rounds < 1000; rounds++)
     uv_run(h->loop, UV_RUN_NOWAIT);

@@ -40,7 +40,7 @@ struct ah_task {
   ah_host *host;
   lua_State *co;
   ah_task *parent, *child, *prev, *next; /* the task tree */
-  ah_task *qprev, *qnext;                /* the ready queue */
+  ah_task *qnext;                        /* the ready queue */
   ah__watch *watchers;
   ah_cancel_fn cancel; /* pending operation's hook */
   void *cancel_data;
@@ -78,6 +78,7 @@ struct ah_host {
   uv_loop_t own_loop;
   lua_State *L;
   int owns_loop, signals;
+  int borrowed; /* L is the application's (ah_host_attach) */
   ah_task root; /* parent of top-level tasks; never runs */
   ah_task *current;
   lua_State **rstack; /* coroutines resumed from the current task down */
@@ -130,10 +131,10 @@ void ah__interrupt(ah_task *t);
 void ah__watch_add(ah_task *t, ah__watch *w, ah__watch_fn fn);
 void ah__watch_remove(ah__watch *w);
 int ah__task_results(lua_State *L, ah_task *t, int first_only);
-int ah__task_raise(lua_State *L, ah_task *t);
+int ah__task_raise(lua_State *L, int idx);
 int ah__raise_cancelled(lua_State *L, ah_task *t);
 const char *ah__task_status(ah_task *t);
-void ah__task_where(lua_State *L, ah_task *t);
+void ah__task_where(lua_State *L, int idx);
 void ah__cancel_all(ah_host *h, const char *reason);
 int ah__is_cancel_error(lua_State *L, int idx);
 void ah__tasklib_open(lua_State *L, int mod);

@@ -18,7 +18,6 @@ void ah__queue_push(ah_host *h, ah_task *t) {
   if (t->queued) return;
   t->queued = 1;
   t->qnext = NULL;
-  t->qprev = h->qtail;
   if (h->qtail)
     h->qtail->qnext = t;
   else {
@@ -28,18 +27,14 @@ void ah__queue_push(ah_host *h, ah_task *t) {
   h->qtail = t;
 }
 
-static void queue_remove(ah_host *h, ah_task *t) {
-  if (!t->queued) return;
+static ah_task *queue_pop(ah_host *h) {
+  ah_task *t = h->qhead;
+  if (!t) return NULL;
+  h->qhead = t->qnext;
+  if (!h->qhead) h->qtail = NULL;
+  t->qnext = NULL;
   t->queued = 0;
-  if (t->qprev)
-    t->qprev->qnext = t->qnext;
-  else
-    h->qhead = t->qnext;
-  if (t->qnext)
-    t->qnext->qprev = t->qprev;
-  else
-    h->qtail = t->qprev;
-  t->qnext = t->qprev = NULL;
+  return t;
 }
 
 /* ---- the task tree -------------------------------------------------- */
@@ -108,7 +103,7 @@ int ah__is_cancel_error(lua_State *L, int idx) {
 }
 
 /* Drops the frames at the bottom of a traceback that are the host's own
-   (task_entry's "[C]: in ?", the CLI's driver chunk). */
+   (the CLI's driver chunk and the C functions that called it). */
 static void trim_traceback(lua_State *L) {
   size_t len;
   const char *s = lua_tolstring(L, -1, &len);
@@ -155,14 +150,11 @@ void ah__push_traceback_msgh(lua_State *L) {
   lua_pushcfunction(L, task_msgh);
 }
 
-/* Pushes "file:line" of where t was spawned, or nil. The spawning
-   function stays at the bottom of the task's coroutine stack. */
-void ah__task_where(lua_State *L, ah_task *t) {
+/* Pushes "file:line" of where the task at idx was spawned, or nil. */
+void ah__task_where(lua_State *L, int idx) {
+  ah_task *t = lua_touserdata(L, idx);
   lua_Debug ar;
-  lua_checkstack(t->co, 1);
-  lua_pushvalue(t->co, 1);
-  lua_xmove(t->co, L, 1);
-  if (!lua_isfunction(L, -1)) return;
+  if (lua_getiuservalue(L, idx, 2) != LUA_TFUNCTION) return;
   lua_getinfo(L, ">S", &ar);
   if (t->line > 0)
     lua_pushfstring(L, "%s:%d", ar.short_src, t->line);
@@ -170,17 +162,19 @@ void ah__task_where(lua_State *L, ah_task *t) {
     lua_pushstring(L, ar.short_src);
 }
 
-/* Pushes the failed task's error value and its traceback, extended by
-   where the task was spawned. */
-static void push_error(lua_State *L, ah_task *t) {
+/* Pushes the error value and traceback of the failed task at idx, the
+   traceback extended by where the task was spawned. */
+static void push_error(lua_State *L, int idx) {
+  ah_task *t = lua_touserdata(L, idx);
   lua_State *co = t->co;
   int base = lua_gettop(co) - 1;
+  idx = lua_absindex(L, idx);
   lua_checkstack(co, 2);
   lua_pushvalue(co, base);
   lua_pushvalue(co, base + 1);
   lua_xmove(co, L, 2); /* err tb */
   if (!lua_isstring(L, -1) || t->fatal) return;
-  ah__task_where(L, t);
+  ah__task_where(L, idx);
   if (lua_isstring(L, -1))
     lua_pushfstring(L, "%s\n(in task %d spawned at %s)", lua_tostring(L, -2),
                     (int)t->id, lua_tostring(L, -1));
@@ -190,10 +184,11 @@ static void push_error(lua_State *L, ah_task *t) {
   lua_pop(L, 1);
 }
 
-/* Raises t's error in L, keeping t's traceback for the report. */
-int ah__task_raise(lua_State *L, ah_task *t) {
-  ah_host *h = t->host;
-  push_error(L, t); /* err tb */
+/* Raises the error of the failed task at idx, keeping its traceback for
+   the report. */
+int ah__task_raise(lua_State *L, int idx) {
+  ah_host *h = ah_host_of(L);
+  push_error(L, idx); /* err tb */
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref_tb);
   lua_insert(L, -2);
   lua_rawseti(L, -2, 2);
@@ -218,44 +213,11 @@ int ah__raise_cancelled(lua_State *L, ah_task *t) {
 
 /* ---- creating tasks --------------------------------------------------- */
 
-static int task_entry_k(lua_State *L, int status, lua_KContext ctx) {
-  ah_task *t = *(ah_task **)lua_getextraspace(L);
-  ah_host *h = t->host;
-  (void)ctx;
-  if (status == LUA_OK || status == LUA_YIELD) {
-    t->outcome = AH__OK;
-    return lua_gettop(L) - 1;
-  }
-  t->outcome =
-      (t->cancelled || ah__is_cancel_error(L, -1)) ? AH__CANCELLED : AH__FAILED;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref_tb);
-  lua_rawgeti(L, -1, 1);
-  if (lua_rawequal(L, -1, -3)) {
-    lua_rawgeti(L, -2, 2); /* err tbtable err tb */
-    lua_replace(L, -3);
-    lua_pop(L, 1);
-  } else {
-    lua_pop(L, 2);
-    lua_pushnil(L);
-  }
-  return 2; /* err tb */
-}
-
-/* The bottom function of every task's coroutine: fn(...) in a protected
-   call, so <close> variables close as an error unwinds. */
-static int task_entry(lua_State *L) {
-  int n = lua_gettop(L);
-  lua_pushcfunction(L, task_msgh);
-  lua_insert(L, 1);
-  return task_entry_k(L, lua_pcallk(L, n - 1, LUA_MULTRET, 1, 0, task_entry_k),
-                      0);
-}
-
-/* [fn args...] -> [task]: a new task, queued to run. Its coroutine's
-   stack starts as [spawner task_entry fn args...]. */
+/* [fn args...] -> [task]: a new task, queued to run. The task object
+   holds its coroutine and the function that spawned it (for reports). */
 ah_task *ah__task_new(lua_State *L, ah_task *parent, int nargs) {
   ah_host *h = ah_host_of(L);
-  ah_task *t = lua_newuserdatauv(L, sizeof *t, 1);
+  ah_task *t = lua_newuserdatauv(L, sizeof *t, 2);
   lua_State *co;
   lua_Debug ar;
   memset(t, 0, sizeof *t);
@@ -265,14 +227,12 @@ ah_task *ah__task_new(lua_State *L, ah_task *parent, int nargs) {
   co = lua_newthread(L);
   lua_setiuservalue(L, -2, 1);
   lua_insert(L, -(nargs + 2)); /* task fn args */
-  lua_checkstack(co, nargs + 3);
+  lua_checkstack(co, nargs + 1);
+  lua_xmove(L, co, nargs + 1);
   if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
     t->line = ar.currentline;
-    lua_xmove(L, co, 1);
-  } else
-    lua_pushnil(co);
-  lua_pushcfunction(co, task_entry);
-  lua_xmove(L, co, nargs + 1);
+    lua_setiuservalue(L, -2, 2);
+  }
   lua_pushvalue(L, -1);
   t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   *(ah_task **)lua_getextraspace(co) = t;
@@ -315,7 +275,9 @@ static void report_uncaught(ah_task *t) {
   lua_State *L = h->L;
   int top = lua_gettop(L);
   lua_pushcfunction(L, format_report);
-  push_error(L, t);
+  ah_task_push(L, t);
+  push_error(L, -1);
+  lua_remove(L, -3);
   if (lua_pcall(L, 2, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
     lua_settop(L, top);
     lua_pushliteral(L, "(error object cannot be shown)");
@@ -368,8 +330,9 @@ static void adopt_child_error(ah_task *p) {
   lua_pushnil(L);
   lua_rawset(L, -4);
   if (c) {
-    lua_settop(p->co, 1);
-    push_error(p->co, c);
+    push_error(L, -1);
+    lua_settop(p->co, 0);
+    lua_xmove(L, p->co, 2);
     p->nres = 2;
     p->outcome = AH__FAILED;
   }
@@ -418,6 +381,49 @@ static void body_ended(ah_task *t, int nres) {
   if (t->nchildren == 0) task_finish(t);
 }
 
+/* The body raised: the coroutine is dead with its stack intact, so the
+   traceback is taken where the error happened (unless the error is one
+   already seen, re-raised by wait/gather/timeout); then lua_resetthread
+   closes its pending <close> variables. Leaves [spawner err tb]. */
+static void body_failed(ah_task *t) {
+  ah_host *h = t->host;
+  lua_State *co = t->co, *L = h->L;
+  int top = lua_gettop(L), st;
+  lua_pushvalue(co, -1);
+  lua_xmove(co, L, 1); /* err */
+  if (ah__is_cancel_error(L, -1))
+    lua_pushnil(L);
+  else {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->ref_tb);
+    lua_rawgeti(L, -1, 1);
+    if (lua_rawequal(L, -1, -3))
+      lua_rawgeti(L, -2, 2);
+    else {
+      luaL_traceback(L, co, NULL, 0);
+      trim_traceback(L);
+    }
+    lua_replace(L, -3);
+    lua_pop(L, 1); /* err tb */
+  }
+  st = lua_resetthread(co); /* runs the __close handlers with err */
+  if (st != LUA_OK) {
+    lua_pushvalue(L, top + 1);
+    lua_xmove(L, co, 1);
+    if (!lua_rawequal(co, -1, -2)) { /* a __close handler raised: it wins */
+      lua_pop(co, 1);
+      lua_xmove(co, L, 1);
+      lua_replace(L, top + 1);
+      lua_pushnil(L);
+      lua_replace(L, top + 2);
+    }
+  }
+  lua_settop(co, 0);
+  lua_xmove(L, co, 2);
+  t->outcome =
+      (t->cancelled || ah__is_cancel_error(co, -2)) ? AH__CANCELLED : AH__FAILED;
+  body_ended(t, 2);
+}
+
 /* ---- running -------------------------------------------------------- */
 
 static void task_run(ah_task *t) {
@@ -426,14 +432,14 @@ static void task_run(ah_task *t) {
   int nargs = 0, nres = 0, st;
   if (t->state == AH__NEW) {
     if (t->cancelled) { /* cancelled before it ever ran */
-      lua_settop(co, 1);
+      lua_settop(co, 0);
       lua_pushfstring(co, "cancelled: %s", t->reason ? t->reason : "task cancelled");
       lua_pushnil(co);
       t->outcome = AH__CANCELLED;
       body_ended(t, 2);
       return;
     }
-    nargs = lua_gettop(co) - 2; /* below: spawner, task_entry */
+    nargs = lua_gettop(co) - 1;
   }
   t->state = AH__RUNNING;
   h->current = t;
@@ -451,12 +457,9 @@ static void task_run(ah_task *t) {
       ah__queue_push(h, t);
     }
   } else if (st == LUA_OK) {
-    body_ended(t, lua_gettop(co) - 1); /* all but the spawner below */
-  } else { /* an error escaped task_entry (out of memory in the handler) */
-    lua_pushnil(co);
-    t->outcome = AH__FAILED;
-    body_ended(t, 2);
-  }
+    body_ended(t, nres);
+  } else
+    body_failed(t);
 }
 
 /* Runs the tasks that were ready when it started; tasks made ready while
@@ -466,10 +469,7 @@ void ah__run_ready(ah_host *h) {
   ah_task *t;
   if (h->current || h->freeing > 1) return;
   for (t = h->qhead; t; t = t->qnext) n++;
-  while (n-- > 0 && (t = h->qhead) != NULL && !h->exiting) {
-    queue_remove(h, t);
-    task_run(t);
-  }
+  while (n-- > 0 && !h->exiting && (t = queue_pop(h)) != NULL) task_run(t);
   if (!h->qhead) uv_idle_stop(&h->idle);
 }
 

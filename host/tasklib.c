@@ -24,9 +24,10 @@ static int l_spawn(lua_State *L) {
   return 1;
 }
 
+/* The results of the done task at stack index 1, or its error raised. */
 static int task_outcome(lua_State *L, ah_task *t) {
   if (t->outcome == AH__OK) return ah__task_results(L, t, 0);
-  return ah__task_raise(L, t);
+  return ah__task_raise(L, 1);
 }
 
 /* ---- task:wait() ---------------------------------------------------- */
@@ -105,48 +106,87 @@ static int t_index(lua_State *L) {
   return 1;
 }
 
-/* ---- gather ----------------------------------------------------------- */
+/* ---- gather -----------------------------------------------------------
+   Results are moved into the (preallocated) result lists as each task
+   finishes, so a finished task's coroutine can be collected at once. */
 
 typedef struct gnode {
   ah__watch w;
   int index;
-  int next_done;
 } gnode;
 
 typedef struct gstate {
   ah_task *self;
-  int n, next, running, limit, settle, failed, failing, sleeping;
-  int done_head; /* finished, not yet collected: a list of indices */
+  int n, next, running, limit, settle, failed, sleeping;
+  int results_ref, errors_ref, failed_ref; /* registry slots */
   gnode nodes[];
 } gstate;
 
 /* stack slots of gather's frame */
-enum { G_LIST = 1, G_FN, G_OPTS, G_STATE, G_TASKS, G_RESULTS, G_ERRORS };
+enum { G_LIST = 1, G_FN, G_OPTS, G_STATE };
 
 static gstate *gnode_state(gnode *nd) {
   return ah__container_of(nd - (nd->index - 1), gstate, nodes);
-}
-
-static void gather_push_done(gstate *g, gnode *nd) {
-  nd->next_done = g->done_head;
-  g->done_head = nd->index;
-}
-
-static void gather_notify(ah__watch *w, ah_task *t) {
-  gnode *nd = ah__container_of(w, gnode, w);
-  gstate *g = gnode_state(nd);
-  gather_push_done(g, nd);
-  g->running--;
-  if (t->outcome != AH__OK && !g->settle) g->failing = 1;
-  /* wake the gatherer only when there is something for it to do */
-  if (g->sleeping && (g->running == 0 || g->next <= g->n || g->failing))
-    ah_task_resume(g->self);
 }
 
 static void gather_cancel_running(gstate *g, const char *reason) {
   int i;
   for (i = 0; i < g->n; i++)
     if (g->nodes[i].w.task) ah__cancel_reason(g->nodes[i].w.task, reason);
+}
+
+/* list[i] = value on top of L (popped); the lists are preallocated, so
+   this never allocates and is safe outside any Lua call. */
+static void gather_store(lua_State *L, int ref, int i) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, i);
+  lua_pop(L, 1);
+}
+
+/* Takes the outcome of the done task t, item i. */
+static void gather_collect(gstate *g, ah_task *t, int i) {
+  lua_State *L = t->host->L, *co = t->co;
+  int n = t->nres, base = lua_gettop(co) - n + 1;
+  lua_checkstack(co, 1);
+  if (t->outcome == AH__OK) {
+    if (n > 0) {
+      lua_pushvalue(co, base);
+      lua_xmove(co, L, 1);
+      gather_store(L, g->results_ref, i);
+    }
+    if (g->settle && n >= 2 && lua_isnil(co, base) && !lua_isnil(co, base + 1)) {
+      lua_pushvalue(co, base + 1);
+      lua_xmove(co, L, 1);
+      gather_store(L, g->errors_ref, i);
+    }
+  } else if (g->settle) {
+    lua_pushvalue(co, -2);
+    lua_xmove(co, L, 1);
+    gather_store(L, g->errors_ref, i);
+  } else if (!g->failed) {
+    g->failed = i;
+    ah_task_push(L, t);
+    lua_rawseti(L, LUA_REGISTRYINDEX, g->failed_ref);
+    gather_cancel_running(g, "a sibling task failed");
+  }
+}
+
+static void gather_notify(ah__watch *w, ah_task *t) {
+  gnode *nd = ah__container_of(w, gnode, w);
+  gstate *g = gnode_state(nd);
+  g->running--;
+  gather_collect(g, t, nd->index);
+  /* wake the gatherer only when there is something for it to do */
+  if (g->sleeping && (g->running == 0 || (g->next <= g->n && !g->failed)))
+    ah_task_resume(g->self);
+}
+
+static void gather_release(lua_State *L, gstate *g) {
+  luaL_unref(L, LUA_REGISTRYINDEX, g->results_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, g->errors_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, g->failed_ref);
+  g->results_ref = g->errors_ref = g->failed_ref = LUA_NOREF;
 }
 
 static void gather_cancel(void *data) {
@@ -159,6 +199,7 @@ static void gather_cancel(void *data) {
     ah__cancel_reason(t, "the gathering task was cancelled");
   }
   g->running = 0;
+  gather_release(g->self->host->L, g);
 }
 
 static void gather_start(lua_State *L, gstate *g, int i) {
@@ -172,85 +213,48 @@ static void gather_start(lua_State *L, gstate *g, int i) {
     lua_geti(L, G_LIST, i);
     t = ah__task_test(L, -1);
     if (!t) {
-      if (!is_callable(L, -1))
+      if (!is_callable(L, -1)) {
+        g->next = g->n + 1;
+        gather_cancel_running(g, "gather was given a bad element");
         luaL_error(L, "gather: bad element #%d (function or task expected, got %s)",
                    i, luaL_typename(L, -1));
+      }
       t = ah__task_new(L, g->self, 0);
     }
   }
-  lua_seti(L, G_TASKS, i);
-  if (t->state == AH__DONE) {
-    gather_push_done(g, &g->nodes[i - 1]);
-    if (t->outcome != AH__OK && !g->settle) g->failing = 1;
-  } else {
+  if (t->state == AH__DONE)
+    gather_collect(g, t, i);
+  else {
     ah__watch_add(t, &g->nodes[i - 1].w, gather_notify);
     g->running++;
   }
-}
-
-/* Moves the outcome of one finished task into results/errors. */
-static void gather_take(lua_State *L, gstate *g, int i) {
-  ah_task *t;
-  lua_geti(L, G_TASKS, i);
-  t = lua_touserdata(L, -1);
-  if (t->outcome == AH__OK) {
-    int n = t->nres, base = lua_gettop(t->co) - n + 1;
-    if (n > 0) {
-      lua_pushvalue(t->co, base);
-      lua_xmove(t->co, L, 1);
-      lua_seti(L, G_RESULTS, i);
-    }
-    if (g->settle && n >= 2 && lua_isnil(t->co, base) &&
-        !lua_isnil(t->co, base + 1)) {
-      lua_pushvalue(t->co, base + 1);
-      lua_xmove(t->co, L, 1);
-      lua_seti(L, G_ERRORS, i);
-    }
-  } else if (g->settle) {
-    lua_pushvalue(t->co, -2);
-    lua_xmove(t->co, L, 1);
-    lua_seti(L, G_ERRORS, i);
-  } else if (!g->failed) {
-    g->failed = i;
-    gather_cancel_running(g, "a sibling task failed");
-  }
   lua_pop(L, 1);
-  if (g->failed != i) {
-    lua_pushnil(L);
-    lua_seti(L, G_TASKS, i);
-  }
 }
 
 static int gather_finish(lua_State *L, gstate *g) {
   if (g->failed) {
-    lua_geti(L, G_TASKS, g->failed);
-    return ah__task_raise(L, lua_touserdata(L, -1));
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->failed_ref);
+    gather_release(L, g);
+    return ah__task_raise(L, lua_gettop(L));
   }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, g->results_ref);
   lua_pushinteger(L, g->n);
-  lua_setfield(L, G_RESULTS, "n");
-  lua_pushvalue(L, G_RESULTS);
-  if (!g->settle) return 1;
-  lua_pushinteger(L, g->n);
-  lua_setfield(L, G_ERRORS, "n");
-  lua_pushvalue(L, G_ERRORS);
-  return 2;
+  lua_setfield(L, -2, "n");
+  if (g->settle) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->errors_ref);
+    lua_pushinteger(L, g->n);
+    lua_setfield(L, -2, "n");
+  }
+  gather_release(L, g);
+  return g->settle ? 2 : 1;
 }
 
 static int gather_k(lua_State *L, int status, lua_KContext ctx);
 
 static int gather_step(lua_State *L) {
   gstate *g = lua_touserdata(L, G_STATE);
-  for (;;) {
-    while (g->done_head) {
-      int i = g->done_head;
-      g->done_head = g->nodes[i - 1].next_done;
-      gather_take(L, g, i);
-    }
-    if (!g->failed)
-      while (g->running < g->limit && g->next <= g->n && !g->failing)
-        gather_start(L, g, g->next++);
-    if (!g->done_head) break;
-  }
+  while (!g->failed && g->running < g->limit && g->next <= g->n)
+    gather_start(L, g, g->next++);
   if (g->running == 0 && (g->failed || g->next > g->n))
     return gather_finish(L, g);
   g->sleeping = 1;
@@ -262,8 +266,12 @@ static int gather_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   g->sleeping = 0;
-  g->failing = 0;
   return gather_step(L);
+}
+
+static int new_list_ref(lua_State *L, int n) {
+  lua_createtable(L, n, 1);
+  return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 /* gather(fns [, opts]) or gather(list, fn [, opts]) */
@@ -303,18 +311,17 @@ static int l_gather(lua_State *L) {
   if (n < 0 || n > 0x7ffffff) return luaL_error(L, "gather: list too long");
   g = lua_newuserdatauv(L, sizeof *g + (size_t)n * sizeof(gnode), 0);
   memset(g, 0, sizeof *g + (size_t)n * sizeof(gnode));
+  g->results_ref = g->errors_ref = g->failed_ref = LUA_NOREF;
   g->self = self;
   g->n = (int)n;
   g->next = 1;
   g->limit = limit > n ? (int)n : (int)limit;
   g->settle = settle;
   for (int i = 0; i < n; i++) g->nodes[i].index = i + 1;
-  lua_createtable(L, (int)n, 0); /* tasks */
-  lua_createtable(L, (int)n, 1); /* results */
-  if (settle)
-    lua_createtable(L, 0, 1);
-  else
-    lua_pushnil(L);
+  g->results_ref = new_list_ref(L, (int)n);
+  g->errors_ref = settle ? new_list_ref(L, (int)n) : LUA_NOREF;
+  lua_pushboolean(L, 0);
+  g->failed_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return gather_step(L);
 }
 
