@@ -1,0 +1,40 @@
+"""bench case 4, Python asyncpg peer: asyncpg.create_pool(min=max=CONNS)
+and asyncio.gather over all queries (the pool lends a connection per
+query; asyncpg prepares and caches the statement), copy_records_to_table
+for COPY.
+
+   /usr/bin/python3 bench/peers/db_asyncpg.py select|insert|copy DSN N CONNS [uvloop]
+"""
+import asyncio
+import json
+import sys
+import time
+
+import asyncpg
+
+
+async def main(mode, dsn, n, conns):
+    pool = await asyncpg.create_pool(dsn, min_size=conns, max_size=conns)
+    c0, t0 = time.process_time(), time.perf_counter()
+    if mode == "select":
+        res = await asyncio.gather(*(pool.fetchval("SELECT $1::int + 1", i) for i in range(1, n + 1)))
+        ok = sum(res) == n * (n + 1) // 2 + n
+    elif mode == "insert":
+        await asyncio.gather(*(pool.execute("INSERT INTO bench_insert (a, b) VALUES ($1, $2)", i, "row")
+                               for i in range(1, n + 1)))
+        ok = True
+    else:
+        async with pool.acquire() as con:
+            await con.copy_records_to_table("bench_insert", records=[(i, "row %d" % i) for i in range(1, n + 1)],
+                                            columns=["a", "b"])
+        ok = True
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    await pool.close()
+    return dict(ok=ok, n=n, elapsed=elapsed, cpu=cpu)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 5 and sys.argv[5] == "uvloop":
+        import uvloop
+        uvloop.install()
+    print("RESULT " + json.dumps(asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))))
