@@ -88,14 +88,20 @@ class Proc:
 
 
 def run_proc(argv, env=None, timeout=300, pin=None, cwd=None):
+    """Runs argv (pinned to a core if asked) under GNU time, which reports
+    the CPU time and peak RSS of exactly that process: the harness's own
+    wait4() would count the forked harness's memory too (Linux carries
+    the pre-exec RSS high-water mark into ru_maxrss)."""
     argv = [str(a) for a in argv]
     if pin is not None:
         argv = ["taskset", "-c", str(pin)] + argv
     e = dict(os.environ)
     e.update(env or {})
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r") as tm:
         t0 = time.perf_counter()
-        p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+        p = subprocess.Popen(["/usr/bin/time", "-q", "-f", "%e %U %S %M", "-o", tm.name] + argv,
+                             stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                              env=e, cwd=cwd or ROOT, start_new_session=True)
         killed = []
 
@@ -108,18 +114,23 @@ def run_proc(argv, env=None, timeout=300, pin=None, cwd=None):
         timer = threading.Timer(timeout, kill)
         timer.start()
         try:
-            _, status, ru = os.wait4(p.pid, 0)
+            p.wait()
         finally:
             timer.cancel()
         wall = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         o = out.read().decode("utf-8", "replace")
         er = err.read().decode("utf-8", "replace")
+        fields = tm.read().split()
+    cpu, maxrss = None, None
+    try:
+        cpu, maxrss = float(fields[-3]) + float(fields[-2]), int(fields[-1])
+    except (IndexError, ValueError):
+        pass
     if killed:
         er += "\n[bench: killed after %ss timeout]" % timeout
-    return Proc(argv, p.returncode, wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, o, er)
+    return Proc(argv, p.returncode, wall, cpu, maxrss, o, er)
 
 
 def proc_tree(pid):
@@ -411,6 +422,8 @@ class Runner:
         code = ('local a = require("asynchost") for _, k in ipairs{"fetch","html","db","http","json"} do '
                 'if a[k] ~= nil then io.write(k, " ") end end')
         r = subprocess.run([self.ah, "-e", code], capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise SystemExit("bench: %s does not run: %s" % (self.ah, (r.stderr or r.stdout).strip()[-400:]))
         feats = set(r.stdout.split())
         if (ROOT / "scripts" / "crawl.lua").exists():
             feats.add("crawl")
@@ -829,7 +842,7 @@ class Runner:
         ]
         systems = [
             System("asynchost scripts/crawl.lua", [self.ah, "scripts/crawl.lua", "--concurrency", conc, "--per-host", conc,
-                                                   "--out", out, start], needs=["crawl", "fetch", "html"], check=crawl_check, base=True),
+                                                   "--depth", 100, "--quiet", "--no-progress", "--out", out, start], needs=["crawl", "fetch", "html"], check=crawl_check, base=True),
             System("Python aiohttp + bs4(lxml)", [PY, "bench/peers/crawl_site_aiohttp.py", start, n, conc],
                    needs=["py:aiohttp", "py:bs4", "py:lxml"]),
         ]
@@ -1258,6 +1271,7 @@ def render_latest(latest, rows, tg):
 
 DOC_HEAD = (BENCH / "lib" / "performance_head.md")
 DOC_LIMITS = (BENCH / "lib" / "performance_limits.md")
+DOC_ANALYSIS = (BENCH / "lib" / "performance_analysis.md")
 
 
 def render_docs(latest, rows, tg):
@@ -1282,6 +1296,8 @@ def render_docs(latest, rows, tg):
     out.append(target_lines(tg))
     out.append("")
     out.append(DOC_LIMITS.read_text().rstrip())
+    out.append("")
+    out.append(DOC_ANALYSIS.read_text().rstrip())
     out.append("")
     out.append("## Versions")
     out.append("")
