@@ -12,6 +12,7 @@
 
 static const char module_key = 'm';
 static const char running_key = 'r';
+static const char exit_key = 'x'; /* the interpreter's own os.exit */
 
 /* What one ah.run waits for; on the heap, since a task that cannot end
    (see run_wait) may call back after run returned. */
@@ -41,22 +42,27 @@ static void run_done(ah_task *t, lua_State *co, int status, int nres,
   uv_stop(r->loop);
 }
 
-/* Exits the process as os.exit asked from inside a task. */
-static void run_exit(ah_host *h) {
-  int status = h->status;
+/* Exits the process as os.exit asked from inside a task. The exit itself
+   is the interpreter's os.exit: closing the state unloads this module, so
+   no code of the module may run after lua_close. */
+static void run_exit(lua_State *L, ah_host *h) {
   fflush(NULL);
-  if (h->exit_close) lua_close(h->L);
-  exit(status);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &exit_key) == LUA_TFUNCTION) {
+    lua_pushinteger(L, h->status);
+    lua_pushboolean(L, h->exit_close);
+    lua_call(L, 2, 0); /* does not return */
+  }
+  exit(h->status);
 }
 
 /* Runs the loop until the task is done. Returns 0; 1 when it waited for
    something that can never happen (a deadlock) and was cancelled; -1 when
    it does not end even then. */
-static int run_wait(ah_host *h, ah_task *t, run_state *r) {
+static int run_wait(lua_State *L, ah_host *h, ah_task *t, run_state *r) {
   int cancelled = 0;
   while (!r->done) {
     uv_run(r->loop, UV_RUN_DEFAULT);
-    if (h->exiting) run_exit(h);
+    if (h->exiting) run_exit(L, h);
     if (r->done) break;
     if (cancelled) return -1;
     ah_task_cancel(t); /* nothing else can wake it: a deadlock */
@@ -92,7 +98,7 @@ static int l_run(lua_State *L) {
   }
   lua_pushboolean(L, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &running_key);
-  rc = run_wait(h, t, r);
+  rc = run_wait(L, h, t, r);
   lua_pushnil(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &running_key);
   if (rc < 0) {
@@ -114,11 +120,46 @@ static int l_run(lua_State *L) {
   return n;
 }
 
+static int l_in_task(lua_State *L) {
+  lua_pushboolean(L, ah_task_current(ah_host_of(L)) != NULL);
+  return 1;
+}
+
+/* os.exit: the host's inside tasks (it ends the task and run), the
+   interpreter's outside them (it closes the state if asked). */
+static const char exit_chooser[] =
+    "local host_exit, lua_exit, in_task = ...\n"
+    "return function(...)\n"
+    "  if in_task() then return host_exit(...) end\n"
+    "  return lua_exit(...)\n"
+    "end\n";
+
+static void wrap_exit(lua_State *L) {
+  if (lua_getglobal(L, "os") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  if (luaL_loadstring(L, exit_chooser) != LUA_OK) lua_error(L);
+  lua_getfield(L, -2, "exit");
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &exit_key);
+  lua_pushcfunction(L, l_in_task);
+  lua_call(L, 3, 1);
+  lua_setfield(L, -2, "exit");
+  lua_pop(L, 1);
+}
+
 int luaopen_asynchost(lua_State *L) {
   ah_options opts = {0};
   if (!ah_host_of(L)) {
+    if (lua_getglobal(L, "os") == LUA_TTABLE)
+      lua_getfield(L, -1, "exit");
+    else
+      lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &exit_key);
+    lua_pop(L, 1);
     if (!ah_host_attach(L, &opts))
       return luaL_error(L, "asynchost: cannot set up the host");
+    wrap_exit(L);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_getfield(L, -1, "asynchost");
     lua_pushcfunction(L, l_run);
