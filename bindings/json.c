@@ -241,7 +241,10 @@ static int w_integer(enc *e, lua_Integer v) {
    zeros in the exponent. */
 static int w_real(enc *e, double d) {
   char tmp[48], *x;
-  int n = snprintf(tmp, sizeof tmp - 2, "%.17g", d), i, point = 0;
+  int n, i, point = 0;
+  if (d == floor(d) && fabs(d) < 1e15 && !(d == 0 && signbit(d)))
+    return w_integer(e, (lua_Integer)d) && out_add(e, ".0", 2); /* quicker */
+  n = snprintf(tmp, sizeof tmp - 2, "%.17g", d);
   for (i = 0; i < n; i++) {
     char c = tmp[i];
     if (c == 'e') break;
@@ -481,7 +484,8 @@ static json_t *t_value(enc *e, int idx) {
 }
 
 /* Pushes the text of the value at idx (flags: jansson's dump flags), or
-   returns 0 and pushes nothing, with "json: ..." in msg. */
+   returns 0 and pushes nothing, with the reason in msg ("cannot encode a
+   function at .a[2]": the caller adds "json: " or its own words). */
 static int encode(lua_State *L, int idx, size_t flags, char *msg,
                   size_t msglen) {
   enc e;
@@ -515,7 +519,7 @@ static int encode(lua_State *L, int idx, size_t flags, char *msg,
   if (ok)
     lua_pushlstring(L, e.js->out, e.len);
   else if (msg && msglen)
-    snprintf(msg, msglen, "json: %s%s%s%s", e.msg, e.pathlen ? " at " : "",
+    snprintf(msg, msglen, "%s%s%s%s", e.msg, e.pathlen ? " at " : "",
              e.cut ? "..." : "", e.path);
   if (e.js->cap > OUT_KEEP) {
     free(e.js->out);
@@ -558,9 +562,7 @@ static int l_encode(lua_State *L) {
     if (opt_flag(L, 2, "ascii")) flags |= JSON_ENSURE_ASCII;
   }
   if (encode(L, 1, flags, msg, sizeof msg)) return 1;
-  lua_pushnil(L);
-  lua_pushstring(L, msg);
-  return 2;
+  return ah_push_fail(L, "json", "%s", msg);
 }
 
 /* ---- decoding ------------------------------------------------------------ */

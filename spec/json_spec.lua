@@ -52,6 +52,9 @@ describe("json.encode", function()
     assert.equal("3.0", json.encode(3.0))
     assert.equal("-0.0", json.encode(-0.0))
     assert.equal("9007199254740992.0", json.encode(2.0 ^ 53))
+    assert.equal("-7.0", json.encode(-7.0))
+    assert.equal("100000000000000.0", json.encode(1e14))
+    assert.equal("1000000000000000.0", json.encode(1e15))
     assert.equal("1e17", json.encode(1e17))
     assert.equal("1.0000000000000001e300", json.encode(1e300))
     assert.equal("1.0000000000000001e-5", json.encode(1e-5))
@@ -66,7 +69,8 @@ describe("json.encode", function()
 
   it("writes numbers the same in compact and in sorted or pretty output", function()
     local xs = {0, -1, math.maxinteger, math.mininteger, 0.1, 1e16, 1e17, 1e-7, 5e-324,
-                -2.5, 1e300, 123456789012345678.0}
+                -2.5, 1e300, 123456789012345678.0, 3.0, -7.0, 0.0, -0.0, 1e14, 1e15,
+                999999999999999.0, -999999999999999.0, 2.0 ^ 52}
     for _, x in ipairs(xs) do
       assert.equal(json.encode(x), json.encode(x, {sort_keys = true}))
       assert.equal(json.encode({x}), json.encode({x}, {sort_keys = true}))
