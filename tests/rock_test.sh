@@ -8,8 +8,9 @@ out="$build/test-rock"
 fail() { echo "rock_test: $*" >&2; exit 1; }
 rm -rf "$out"
 mkdir -p "$out/src"
-# the tracked files only (no build directories)
-(cd "$src" && git ls-files -z | xargs -0 cp --parents -t "$out/src")
+# the files the main build sees: tracked and untracked, not ignored ones
+# (so no build directories)
+(cd "$src" && git ls-files -z -co --exclude-standard | xargs -0 cp --parents -t "$out/src")
 rock=$(cd "$out/src" && ls asynchost-*.rockspec)
 luarocks lint "$out/src/$rock" || fail "lint"
 (cd "$out/src" && luarocks --lua-version 5.4 --tree "$out/tree" make "$rock") \
