@@ -9,6 +9,7 @@
 ** handles are unref'd: they never keep the process alive.
 */
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,6 +126,32 @@ static int l_log(lua_State *L) {
   msg = lua_tolstring(L, -1, &len);
   emit(ls, level, current_task_id(L), msg, len);
   return 0;
+}
+
+/* For C code (a server's error report, say): a log line at level
+   ("debug", "info", "warn" or "error"), with the running task's id. Not
+   declared in bindings.h yet; see docs/log.md. */
+void ah_log(lua_State *L, const char *level, const char *fmt, ...);
+void ah_log(lua_State *L, const char *level, const char *fmt, ...) {
+  logstate *ls = get_state(L);
+  int lv = parse_level(level);
+  char small[1024], *msg = small;
+  va_list ap;
+  int n;
+  if (lv < 0) lv = L_ERROR;
+  if (!ls || lv < ls->level) return;
+  va_start(ap, fmt);
+  n = vsnprintf(small, sizeof small, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  if ((size_t)n >= sizeof small && (msg = malloc((size_t)n + 1)) != NULL) {
+    va_start(ap, fmt);
+    vsnprintf(msg, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+  }
+  if (!msg) msg = small, n = (int)strlen(small);
+  emit(ls, lv, current_task_id(L), msg, (size_t)n);
+  if (msg != small) free(msg);
 }
 
 /* log.level([name]) -> the threshold's name (after setting it) */
