@@ -25,6 +25,11 @@ install)
            cmake/asynchost/asynchost-config-version.cmake lua/5.4/asynchost.so; do
     [ -n "$(find "$prefix" -path "*/$f" -print -quit)" ] || fail "not installed: $f"
   done
+  # the shared library exports the public ah_ names only
+  so=$(find "$prefix" -name "libasynchost.so.0" -print -quit)
+  extra=$(nm -D --defined-only "$so" | awk '{print $3}' | grep -v '^ah_[a-z]' || true)
+  [ -z "$extra" ] || fail "libasynchost.so exports more than ah_ names: $extra"
+  nm -D --defined-only "$so" | grep -q " ah_host_new$" || fail "ah_host_new is not exported"
   # the installed CLI runs
   out=$("$prefix/bin/asynchost" -e 'print(gather({1, 2}, function(x) sleep(0.01) return x * 2 end)[2])')
   [ "$out" = "4" ] || fail "installed asynchost printed '$out'"
