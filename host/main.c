@@ -8,6 +8,10 @@
 
 #include "internal.h"
 
+/* The --workers supervisor. It is compiled here until CMakeLists.txt
+   lists host/workers.c with the CLI's sources. */
+#include "workers.c"
+
 static const char *progname = "asynchost";
 
 static void print_usage(FILE *f) {
@@ -24,6 +28,8 @@ static void print_usage(FILE *f) {
           "  -v        show version information\n"
           "  -E        ignore environment variables\n"
           "  -W        turn warnings on\n"
+          "  --workers N  run the script as N worker processes that share\n"
+          "            its listening port (a supervisor restarts them)\n"
           "  --        stop handling options\n"
           "  -         stop handling options and execute stdin\n"
           "  -h, --help  show this help\n"
@@ -46,6 +52,7 @@ typedef struct cli {
   int script;   /* index of the script in argv, 0 if none */
   int interactive, version, ignore_env, warnings, exec;
   int nactions;
+  int workers, workers_at, workers_len; /* --workers N and where it is */
 } cli;
 
 static int usage_error(const char *msg, const char *opt) {
@@ -73,6 +80,18 @@ static int parse_args(int argc, char **argv, cli *c) {
       return 0;
     }
     if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) return 1;
+    if (strncmp(a, "--workers", 9) == 0 && (a[9] == '\0' || a[9] == '=')) {
+      const char *v = a[9] ? a + 10 : i + 1 < argc ? argv[i + 1] : "";
+      char *end;
+      long n = strtol(v, &end, 10);
+      if (!*v || *end || n < 1 || n > 1024)
+        return usage_error("'--workers' needs a number from 1 to 1024", a);
+      c->workers = (int)n;
+      c->workers_at = i;
+      c->workers_len = a[9] ? 1 : 2;
+      i += c->workers_len - 1;
+      continue;
+    }
     switch (a[1]) {
     case 'i':
       if (a[2]) return usage_error("unrecognized option", a);
@@ -176,6 +195,13 @@ int main(int argc, char **argv) {
   if (rc > 0) {
     print_usage(stdout);
     return 0;
+  }
+  if (c.workers) {
+    if (!c.script) {
+      usage_error("'--workers' needs a script", "--workers");
+      return 1;
+    }
+    return ah_workers_main(c.workers, argc, argv, c.workers_at, c.workers_len);
   }
   if (c.version) print_version();
   opts.globals = 1;
