@@ -2,9 +2,11 @@
 ** json: encode and decode JSON with jansson, for Lua and for the other
 ** bindings (ah_json_encode / ah_json_decode / ah_json_push_null).
 **
-** Lua values map to jansson trees and back. Integers stay exact (both are
-** 64-bit), floats are written with %.17g so they read back the same, and
-** a JSON number without a fraction or exponent decodes to a Lua integer.
+** jansson parses, and validates and escapes strings; compact output is
+** written straight from the Lua values (see "encoding"). Integers stay
+** exact (both sides are 64-bit), floats are written with %.17g so they
+** read back the same, and a JSON number without a fraction or exponent
+** decodes to a Lua integer.
 ** Arrays are told from objects by a marker: decoded arrays and tables
 ** passed to json.array() carry it; an unmarked table is an array only when
 ** its keys are exactly 1..n.
@@ -648,8 +650,7 @@ static int l_decode(lua_State *L) {
   return ah_json_decode(L, s, len) ? 1 : 2;
 }
 
-/* ---- json.array, json.null ------------------------------------------------
- */
+/* ---- json.array, json.null ---------------------------------------------- */
 
 /* json.array([t]) -> t, marked as a JSON array (a new table if none) */
 static int l_array(lua_State *L) {
