@@ -454,3 +454,72 @@ describe("asynchost --workers", function()
     assert.matches("'%-%-workers' needs a number", err)
   end)
 end)
+
+describe("scripts/api.lua", function()
+  local srv
+
+  setup(function()
+    local port = free_port()
+    local base = TMP .. "/api"
+    os.execute(("(DATABASE_URL=%s %s scripts/api.lua %d >%s 2>&1 & echo $! >%s; "
+      .. "wait $!; echo $? >%s) &"):format(q(H.env("AH_TEST_PG")), q(BIN), port,
+      q(base .. ".log"), q(base .. ".pid"), q(base .. ".status")))
+    srv = {log = base .. ".log", status_file = base .. ".status",
+      url = "http://127.0.0.1:" .. port}
+    srv.pid = wait_for("api.lua's pid", function() return tonumber(slurp(base .. ".pid") or "") end)
+    wait_for("api.lua to listen", function()
+      if slurp(srv.status_file) then error("api.lua exited: " .. slurp(srv.log)) end
+      return (slurp(srv.log) or ""):find("listening on", 1, true)
+    end)
+  end)
+
+  teardown(function()
+    assert.are.equal(0, stop(srv))
+  end)
+
+  after_each(function() H.assert_clean() end)
+
+  it("answers /concurrent in about 2 s, not 6", function()
+    local t0 = ah.now()
+    local body = ah.json.decode(curl(srv.url .. "/concurrent"))
+    local took = ah.now() - t0
+    assert.are.same({{result = "done"}, {result = "done"}, {result = "done"}}, body.results)
+    assert.is_true(took >= 1.9 and took < 4.5, "took " .. took .. " s")
+  end)
+
+  it("creates, reads, updates and deletes users on PostgreSQL", function()
+    local function call(method, path, data)
+      local args = ("-i -X %s %s%s"):format(method, srv.url, path)
+      if data then args = args .. " -H 'Content-Type: application/json' -d " .. q(data) end
+      local out = curl(args)
+      local status = tonumber(out:match("^HTTP/1%.1 (%d+)"))
+      local body = out:match("\r\n\r\n(.*)$")
+      return status, body ~= "" and ah.json.decode(body) or nil, out
+    end
+    local st, u = call("POST", "/users", '{"name":"Ada","email":"ada@example.org"}')
+    assert.are.equal(201, st)
+    assert.are.equal("Ada", u.name)
+    assert.is_number(u.id)
+    local st2, dup = call("POST", "/users", '{"name":"Ada2","email":"ada@example.org"}')
+    assert.are.equal(409, st2)
+    assert.matches("exists", dup.error)
+    assert.are.equal(422, (call("POST", "/users", '{"name":"NoMail"}')))
+    assert.are.equal(400, (call("POST", "/users", "{not json")))
+    local st3, got = call("GET", "/users/" .. u.id)
+    assert.are.equal(200, st3)
+    assert.are.equal("ada@example.org", got.email)
+    local st4, upd = call("PUT", "/users/" .. u.id, '{"name":"Ada L."}')
+    assert.are.equal(200, st4)
+    assert.are.equal("Ada L.", upd.name)
+    assert.are.equal("ada@example.org", upd.email)
+    local st5, list = call("GET", "/users")
+    assert.are.equal(200, st5)
+    assert.are.equal(1, #list)
+    assert.are.equal(204, (call("DELETE", "/users/" .. u.id)))
+    assert.are.equal(404, (call("GET", "/users/" .. u.id)))
+    assert.are.equal(404, (call("DELETE", "/users/" .. u.id)))
+    local _, empty, raw = call("GET", "/users")
+    assert.are.same({}, empty)
+    assert.matches("\r\n\r\n%[%]$", raw)
+  end)
+end)
