@@ -331,7 +331,8 @@ static void bar_report(bar *b, int final) {
 static void on_bar_timer(uv_timer_t *timer) {
   bar *b = timer->data;
   if (b->tty) {
-    if (b->dirty || ah_now() - b->last >= 1) bar_draw(b);
+    double since = ah_now() - b->last;
+    if ((b->dirty && since >= 0.09) || since >= 1) bar_draw(b);
   } else
     bar_report(b, 0);
 }
