@@ -413,6 +413,148 @@ describe("scripts/crawl.lua", function()
   end)
 end)
 
+describe("a crawl shared through PostgreSQL", function()
+  local PG = H.env("AH_TEST_PG")
+  local conn, big
+  local BIG = 2000
+
+  setup(function()
+    S.write(TMP .. "/site2k", BIG)
+    big = S.start(TMP .. "/site2k", TMP, "site2k", 0.004)
+  end)
+  teardown(function()
+    if big then big.stop() end
+  end)
+  before_each(function()
+    big.clear_log()
+    conn = assert(ah.db.connect(PG))
+  end)
+  after_each(function()
+    conn:close()
+    H.assert_clean()
+  end)
+
+  local function q(sql, ...) return assert(conn:query(sql, ...)) end
+
+  it("is done by three processes, each page once, though one is killed mid-crawl", function()
+    local id = "spec-" .. math.random(1, 1e9)
+    local start = big.origin .. "/p/1.html"
+    local common = {"-q", "--no-progress", "--frontier", PG, "--crawl-id", id, "--lease", "2",
+                    "-c", "8"}
+    local function worker(name, extra)
+      local args = {"scripts/crawl.lua", "--worker", name, "-o", TMP .. "/" .. name .. ".jsonl"}
+      for _, a in ipairs(common) do args[#args + 1] = a end
+      for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+      return start_bg(name, args)
+    end
+    local w1 = worker("w1", {"--depth", "20", start})
+    -- the others join by id, with the options the crawl was started with
+    local deadline = ah.now() + 20
+    local rows
+    repeat
+      ah.sleep(0.05)
+      rows = conn:query("SELECT count(*) AS n FROM crawl_frontier WHERE crawl = $1", id)
+    until (rows and rows[1].n > 0) or ah.now() > deadline
+    local w2, w3 = worker("w2"), worker("w3")
+    repeat
+      ah.sleep(0.05)
+      rows = q("SELECT count(*) AS n FROM crawl_results WHERE crawl = $1", id)
+    until rows[1].n >= 300 or ah.now() > deadline
+    -- freeze w1 at a moment it holds leases, note them, and kill it
+    local held
+    repeat
+      w1.signal("STOP")
+      held = q([[SELECT url FROM crawl_frontier
+                  WHERE crawl = $1 AND worker = 'w1' AND state = 'leased']], id)
+      if #held == 0 then
+        w1.signal("CONT")
+        ah.sleep(0.02)
+      end
+    until #held > 0 or ah.now() > deadline + 20
+    w1.signal("KILL")
+    local c1 = w1.wait(10)
+    local c2, _, e2 = w2.wait(120)
+    local c3, _, e3 = w3.wait(120)
+    assert.equal(137, c1) -- 128 + SIGKILL
+    assert.equal(0, c2, e2)
+    assert.equal(0, c3, e3)
+
+    local want = {}
+    for i = 1, BIG do want[#want + 1] = big.origin .. "/p/" .. i .. ".html" end
+    want[#want + 1] = big.origin .. "/p/missing.html"
+    table.sort(want)
+    local got = {}
+    for i, r in ipairs(q("SELECT url FROM crawl_results WHERE crawl = $1 ORDER BY url", id)) do
+      got[i] = r.url
+    end
+    table.sort(got)
+    assert.equal(#want, #got) -- the primary key (crawl, url) makes each one row
+    assert.same(want, got)
+    local undone = q("SELECT count(*) AS n FROM crawl_frontier WHERE crawl = $1 AND state <> 'done'", id)
+    assert.equal(0, undone[1].n)
+    local by = q("SELECT worker, count(*) AS n FROM crawl_results WHERE crawl = $1 GROUP BY worker", id)
+    local per = {}
+    for _, r in ipairs(by) do per[r.worker] = r.n end
+    assert.is_true((per.w1 or 0) > 0 and (per.w2 or 0) > 0 and (per.w3 or 0) > 0)
+    -- what w1 held when it died was taken over by the others once its lease expired
+    assert.is_true(#held > 0, "w1 held no lease when killed")
+    for _, r in ipairs(held) do
+      local res = q("SELECT worker FROM crawl_results WHERE crawl = $1 AND url = $2", id, r.url)
+      assert.equal(1, #res)
+      assert.not_equal("w1", res[1].worker)
+    end
+    -- pages fetched more than once are only ones w1 held when it died
+    local heldset, count = {}, {}
+    for _, r in ipairs(held) do heldset[r.url:sub(#big.origin + 1)] = true end
+    for _, r in ipairs(big.requests()) do
+      if r.path:match("^/p/") then count[r.path] = (count[r.path] or 0) + 1 end
+    end
+    for path, n in pairs(count) do
+      if n > 1 then assert.is_true(heldset[path], path .. " fetched " .. n .. " times") end
+    end
+    q("DELETE FROM crawl_runs WHERE crawl = $1", id)
+  end)
+
+  it("resumes a finished crawl without fetching again, and --reset starts over", function()
+    local id = "spec-resume-" .. math.random(1, 1e9)
+    local args = {"scripts/crawl.lua", "-q", "--no-progress", "--frontier", PG, "--crawl-id", id,
+                  "--depth", "2", big.origin .. "/p/1.html"}
+    local _, err, code = H.run(args)
+    assert.equal(0, code, err)
+    assert.equal(8, q("SELECT count(*) AS n FROM crawl_results WHERE crawl = $1", id)[1].n)
+    big.clear_log()
+    _, err, code = H.run(args)
+    assert.equal(0, code, err)
+    assert.matches("^0 pages", err)
+    assert.same({"/robots.txt"}, fetched(big)) -- to check the start URL; no page
+    args[#args + 1] = "--reset"
+    _, err, code = H.run(args)
+    assert.equal(0, code, err)
+    assert.matches("^8 pages", err)
+    assert.equal(8, q("SELECT count(*) AS n FROM crawl_results WHERE crawl = $1", id)[1].n)
+    q("DELETE FROM crawl_runs WHERE crawl = $1", id)
+  end)
+
+  it("keeps to --max-pages across workers", function()
+    local id = "spec-max-" .. math.random(1, 1e9)
+    local common = {"scripts/crawl.lua", "-q", "--no-progress", "--frontier", PG, "--crawl-id", id,
+                    "--depth", "20", "--max-pages", "50", big.origin .. "/p/1.html"}
+    local a, b = start_bg("m1", common), start_bg("m2", common)
+    local ca, _, ea = a.wait(60)
+    local cb, _, eb = b.wait(60)
+    assert.equal(0, ca, ea)
+    assert.equal(0, cb, eb)
+    assert.equal(50, q("SELECT count(*) AS n FROM crawl_results WHERE crawl = $1", id)[1].n)
+    q("DELETE FROM crawl_runs WHERE crawl = $1", id)
+  end)
+
+  it("refuses to join a crawl that does not exist", function()
+    local _, err, code = H.run({"scripts/crawl.lua", "--frontier", PG, "--crawl-id", "nope-" .. math.random(1e9)})
+    assert.equal(1, code)
+    assert.matches("no crawl named", err, 1, true)
+  end)
+end)
+
 describe("scripts/demo.lua", function()
   it("serves a 200-page site with http.server and crawls it, offline", function()
     local out, err, code = H.run({"scripts/demo.lua"})
