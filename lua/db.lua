@@ -1,0 +1,68 @@
+-- db: transaction() and with(), over the leases of bindings/db.c. A lease
+-- is a connection lent to one function (and the tasks it spawns); giving
+-- it back happens in C, so it also works while a cancelled task unwinds
+-- and can no longer wait: an open transaction is rolled back then.
+local M = ...
+local db = M.db
+local conn, pool = db._conn, db._pool
+db._conn, db._pool = nil, nil
+
+local pack, unpack, setmetatable = table.pack, table.unpack, setmetatable
+
+-- How many transactions are open on a lease (nested ones are savepoints).
+local depth = setmetatable({}, {__mode = "k"})
+
+-- Ends a scope however it is left. On an error (cancellation included)
+-- `undo` is still set: it is queued without waiting, before anything
+-- else can use the connection; an own lease is then given back.
+local guard_mt = {
+  __close = function(g)
+    if g.undo then g.tx:_abort(g.undo) end
+    depth[g.tx] = g.depth
+    if g.own then g.tx:_release() end
+  end,
+}
+
+-- src:transaction(fn, ...): BEGIN, fn(tx, ...), COMMIT -> fn's results
+-- (true if none). fn returning nil, err: ROLLBACK -> nil, err. fn
+-- raising: ROLLBACK and the error goes on. Inside a transaction (on its
+-- tx) a nested one is a savepoint.
+local function transaction(src, fn, ...)
+  local tx, own = src:_lease()
+  if not tx then return nil, own end
+  local d = depth[tx] or 0
+  local g <close> = setmetatable({tx = tx, own = own, depth = d}, guard_mt)
+  local sp = d > 0 and ("ah_savepoint_" .. d) or nil
+  local ok, err = tx:query(sp and ("SAVEPOINT " .. sp) or "BEGIN")
+  if not ok then return nil, err end
+  depth[tx] = d + 1
+  g.undo = sp and ("ROLLBACK TO SAVEPOINT " .. sp) or "ROLLBACK"
+  local r = pack(fn(tx, ...))
+  if r[1] == nil and r[2] ~= nil then
+    tx:query(g.undo)
+    g.undo = nil
+    return nil, r[2]
+  end
+  local res, cerr = tx:query(sp and ("RELEASE SAVEPOINT " .. sp) or "COMMIT")
+  if not sp or res then g.undo = nil end
+  if not res then return nil, cerr end
+  if res.command == "ROLLBACK" then
+    return nil, "db: the transaction was rolled back because a statement " ..
+      "in it failed (SQLSTATE 25P02)"
+  end
+  if r.n == 0 then return true end
+  return unpack(r, 1, r.n)
+end
+
+-- src:with(fn, ...): fn(c, ...) with a connection of its own; it goes back
+-- however fn ends (an open transaction rolled back) -> fn's results.
+local function with(src, fn, ...)
+  local c, own = src:_lease()
+  if not c then return nil, own end
+  local g <close> = setmetatable({tx = c, own = own, depth = depth[c] or 0},
+    guard_mt)
+  return fn(c, ...)
+end
+
+conn.transaction, pool.transaction = transaction, transaction
+conn.with, pool.with = with, with
