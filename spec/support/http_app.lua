@@ -86,3 +86,17 @@ local f = assert(io.open(name .. ".tmp", "w"))
 f:write(app.port, " ", PID, " ", tostring(http.worker), "\n")
 f:close()
 os.rename(name .. ".tmp", name)
+
+-- A server a failed or aborted spec run left behind must not live on:
+-- it exits once spec/run has removed its directory (or after 5 minutes).
+local ah = require("asynchost")
+local born = ah.now()
+while not ah.shutting_down() do
+  sleep(0.25)
+  local probe = io.open(name)
+  if not probe or ah.now() - born > 300 then
+    io.stderr:write("http_app: orphaned, exiting\n")
+    os.exit(2)
+  end
+  probe:close()
+end
