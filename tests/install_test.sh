@@ -29,13 +29,14 @@ install)
   so=$(find "$prefix" -name "libasynchost.so.0" -print -quit)
   extra=$(nm -D --defined-only "$so" | awk '{print $3}' | grep -v '^ah_[a-z]' || true)
   [ -z "$extra" ] || fail "libasynchost.so exports more than ah_ names: $extra"
-  nm -D --defined-only "$so" | grep -q " ah_host_new$" || fail "ah_host_new is not exported"
+  syms=$(nm -D --defined-only "$so")
+  grep -q " ah_host_new$" <<<"$syms" || fail "ah_host_new is not exported"
   # the installed CLI runs
   out=$("$prefix/bin/asynchost" -e 'print(gather({1, 2}, function(x) sleep(0.01) return x * 2 end)[2])')
   [ "$out" = "4" ] || fail "installed asynchost printed '$out'"
   if command -v man >/dev/null; then
-    man -l "$prefix/share/man/man1/asynchost.1" 2>&1 | grep -q -- "--workers" ||
-      fail "the man page does not render"
+    page=$(man -l "$prefix/share/man/man1/asynchost.1" 2>&1)
+    grep -q -- "--workers" <<<"$page" || fail "the man page does not render"
   fi
   echo "install_test: installed into $prefix"
   ;;
@@ -46,7 +47,8 @@ find_package)
     -DCMAKE_C_FLAGS="$cflags" >"$out.log" 2>&1 || { cat "$out.log"; fail "configure"; }
   cmake --build "$out" >>"$out.log" 2>&1 || { cat "$out.log"; fail "build"; }
   # the shared library is found through the build tree's RPATH
-  ldd "$out/embed" | grep -q "$prefix/.*libasynchost.so.0" ||
+  libs=$(ldd "$out/embed")
+  grep -q "$prefix/.*libasynchost.so.0" <<<"$libs" ||
     fail "embed is not linked with the installed libasynchost.so"
   "$src/tests/check_embed.sh" "$out/embed"
   "$src/tests/check_embed.sh" "$out/embed_static"
@@ -58,8 +60,8 @@ pkg_config)
   [ "$(pkg-config --modversion asynchost)" = "0.1.0" ] || fail "modversion"
   [ -f "$(pkg-config --variable=includedir asynchost)/asynchost.h" ] ||
     fail "includedir: $(pkg-config --variable=includedir asynchost)"
-  pkg-config --cflags asynchost | grep -q "lua5.4" || fail "no lua5.4 in cflags"
-  pkg-config --static --libs asynchost | grep -q -- "-lcurl" || fail "static libs lack curl"
+  grep -q "lua5.4" <<<"$(pkg-config --cflags asynchost)" || fail "no lua5.4 in cflags"
+  grep -q -- "-lcurl" <<<"$(pkg-config --static --libs asynchost)" || fail "static libs lack curl"
   out="$build/test-consumer-pc"
   rm -rf "$out"
   mkdir -p "$out"
