@@ -2,8 +2,10 @@
 """The independent HTTP origin the fetch and crawl specs talk to:
 python3's own http.server (ThreadingHTTPServer), not asynchost's."""
 import argparse
+import gzip
 import http.server
 import json
+import socket
 import socketserver
 import threading
 import time
@@ -29,6 +31,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def do_GET(self):
+        if self.path.startswith("http://"):  # asked as a forward proxy
+            return proxied(self)
         url = urllib.parse.urlsplit(self.path)
         q = dict(urllib.parse.parse_qsl(url.query))
         route = ROUTES.get(url.path)
@@ -68,7 +72,135 @@ def delay(h, url, q):
     h.send_body(200, q.get("body", "delayed"))
 
 
-ROUTES = {"/ping": ping, "/echo": echo, "/delay": delay}
+def proxied(h):
+    n = int(h.headers.get("Content-Length") or 0)
+    if n:
+        h.rfile.read(n)
+    h.send_body(200, "proxied " + h.command + " " + h.path)
+
+
+def redirect(h, url, q):
+    """/redirect?n=N: a chain of N redirects, then 200 "done"."""
+    n = int(q.get("n", "1"))
+    if n <= 0:
+        return h.send_body(200, "done")
+    code = int(q.get("code", "302"))
+    h.send_body(code, "", headers=[("Location", "/redirect?n=%d&code=%d" % (n - 1, code))])
+
+
+def loop(h, url, q):
+    h.send_body(302, "", headers=[("Location", "/loop")])
+
+
+def redirect_to(h, url, q):
+    h.send_body(int(q.get("code", "302")), "", headers=[("Location", q["url"])])
+
+
+def hang(h, url, q):
+    """Reads the request and never answers (until the client goes away)."""
+    deadline = time.time() + float(q.get("s", "30"))
+    h.connection.settimeout(0.2)
+    while time.time() < deadline:
+        try:
+            if h.connection.recv(1) == b"":
+                break
+        except socket.timeout:
+            pass
+        except OSError:
+            break
+    h.close_connection = True
+
+
+def truncate(h, url, q):
+    """Promises 100000 bytes, sends 1000, then closes the connection."""
+    h.send_response(200)
+    h.send_header("Content-Type", "text/plain")
+    h.send_header("Content-Length", "100000")
+    h.end_headers()
+    h.wfile.write(b"x" * 1000)
+    h.wfile.flush()
+    h.close_connection = True
+    h.connection.shutdown(socket.SHUT_RDWR)
+
+
+def big(h, url, q):
+    """/big?n=BYTES[&chunked=1]: n bytes of "x", with or without a length."""
+    n = int(q.get("n", "1000"))
+    if q.get("chunked") != "1":
+        return h.send_body(200, b"x" * n, "application/octet-stream")
+    h.send_response(200)
+    h.send_header("Content-Type", "application/octet-stream")
+    h.send_header("Transfer-Encoding", "chunked")
+    h.end_headers()
+    left = n
+    try:
+        while left > 0:
+            c = min(left, 65536)
+            h.wfile.write(b"%x\r\n" % c + b"x" * c + b"\r\n")
+            left -= c
+        h.wfile.write(b"0\r\n\r\n")
+    except OSError:  # the client stopped reading (max_size)
+        h.close_connection = True
+
+
+FLAKY = {}
+FLAKY_LOCK = threading.Lock()
+
+
+def flaky(h, url, q):
+    """/flaky?key=K&fails=2&status=503[&retry_after=S]: fails `fails` times
+    for each key, then answers 200 with the attempt number."""
+    with FLAKY_LOCK:
+        n = FLAKY[q["key"]] = FLAKY.get(q["key"], 0) + 1
+    if n <= int(q.get("fails", "2")):
+        hdrs = []
+        if "retry_after" in q:
+            hdrs.append(("Retry-After", q["retry_after"]))
+        return h.send_body(int(q.get("status", "503")), "try again", headers=hdrs)
+    h.send_body(200, "ok after %d" % n)
+
+
+def flaky_count(h, url, q):
+    with FLAKY_LOCK:
+        h.send_body(200, str(FLAKY.get(q["key"], 0)))
+
+
+def gzipped(h, url, q):
+    body = gzip.compress(q.get("body", "hello gzip " * 100).encode())
+    h.send_body(200, body, headers=[("Content-Encoding", "gzip")])
+
+
+def cookies(h, url, q):
+    h.send_response(200)
+    h.send_header("Content-Length", "2")
+    h.send_header("Set-Cookie", "a=1; Path=/")
+    h.send_header("Set-Cookie", "b=2; Path=/")
+    h.send_header("X-Multi", "one")
+    h.send_header("X-Multi", "two")
+    h.send_header("X-Single", "only")
+    h.end_headers()
+    h.wfile.write(b"ok")
+
+
+def json_route(h, url, q):
+    h.send_body(200, json.dumps({"ok": True, "n": 3, "list": [1, 2]}), "application/json")
+
+
+def badjson(h, url, q):
+    h.send_body(200, "{not json", "application/json")
+
+
+def status(h, url, q):
+    h.send_body(int(q.get("code", "200")), "status " + q.get("code", "200"))
+
+
+ROUTES = {
+    "/ping": ping, "/echo": echo, "/delay": delay, "/redirect": redirect,
+    "/loop": loop, "/redirect-to": redirect_to, "/hang": hang,
+    "/truncate": truncate, "/big": big, "/flaky": flaky,
+    "/flaky-count": flaky_count, "/gzip": gzipped, "/cookies": cookies,
+    "/json": json_route, "/badjson": badjson, "/status": status,
+}
 PREFIX_ROUTES = []
 
 
