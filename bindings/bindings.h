@@ -24,8 +24,9 @@ void ah_open_exec(lua_State *L, int mod);   /* exec */
 
 /* JSON for the other bindings (bindings/json.c). */
 
-/* Pushes the JSON text of the value at idx; on a value JSON cannot hold
-   pushes nothing and returns 0 with a message in err (if not NULL). */
+/* Pushes the JSON text of the value at idx and returns 1; on a value JSON
+   cannot hold pushes nothing and returns 0 with the reason in err (if not
+   NULL), without the "json: " kind: callers add their own words. */
 int ah_json_encode(lua_State *L, int idx, char *err, size_t errlen);
 
 /* Pushes the decoded value; on bad JSON pushes nil and "json: <detail>"
@@ -34,5 +35,9 @@ int ah_json_decode(lua_State *L, const char *s, size_t len);
 
 /* Pushes json.null, the sentinel for JSON null. */
 void ah_json_push_null(lua_State *L);
+
+/* A log line from C, as log.<level>(...) writes it (bindings/log.c):
+   level is "debug", "info", "warn" or "error". */
+void ah_log(lua_State *L, const char *level, const char *fmt, ...);
 
 #endif
