@@ -337,7 +337,7 @@ function Crawl:visit(u, depth)
   end
   rec.status = res.status
   rec.bytes = #res.body
-  rec.ms = floor((res.time or (now() - t0)) * 1000 + 0.5)
+  rec.ms = floor((now() - t0) * 1000 + 0.5) -- all attempts, as the crawl waited
   if res.url and res.url ~= u then
     rec.final_url = res.url
     self.seen[res.url] = true
@@ -368,10 +368,11 @@ function Crawl:record(rec)
   end
   if rec.final_url then s.redirected = s.redirected + 1 end
   if self.out then
-    local line, err = M.json.encode(rec)
-    if not line then
-      rec.title = nil
-      line = assert(M.json.encode(rec), err)
+    local line = M.json.encode(rec)
+    if not line then -- text that is not UTF-8 (an error message from a server?)
+      rec.title = rec.title and rec.title:gsub("[\128-\255]", "?")
+      rec.error = rec.error and rec.error:gsub("[\128-\255]", "?")
+      line = assert(M.json.encode(rec))
     end
     self.out:write(line, "\n")
     self.out:flush()
