@@ -1022,13 +1022,9 @@ void ah_open_db(lua_State *L, int mod) {
                                        {NULL, NULL}};
   static const luaL_Reg funcs[] = {
       {"connect", l_connect}, {"pool", l_pool}, {NULL, NULL}};
-  db_host *dh = db_alloc(sizeof *dh);
-  dh->host = ah_host_of(L);
-  dh->refs = 1;
-  if (ah_host_hook(dh->host, AH_ON_CLOSE, on_host_close, dh) != AH_OK) {
-    free(dh);
+  db_host *dh = db_host_new(ah_host_of(L));
+  if (ah_host_hook(dh->host, AH_ON_CLOSE, on_host_close, dh) != AH_OK)
     luaL_error(L, "db: out of memory");
-  }
   lua_pushlightuserdata(L, dh);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &db_key);
   luaL_newmetatable(L, BUF_MT);

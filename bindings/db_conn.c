@@ -14,6 +14,9 @@
 */
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -967,6 +970,51 @@ static void flush(db_conn *c) {
   c->want_write = r == 1;
 }
 
+/* Statements queued in one loop turn (by many tasks) leave together:
+   libpq writes each with its Sync at once, so the TCP socket is corked
+   while the turn runs and uncorked before the loop waits. On loopback
+   this saves the kernel a round of packet work per statement. */
+static void uncork_all(db_host *dh) {
+  db_conn *c;
+  while ((c = dh->corked) != NULL) {
+    int off = 0;
+    dh->corked = c->next_corked;
+    c->corked = 0;
+    if (c->state == DB_C_READY)
+      setsockopt(c->fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+    db_conn_unref(c);
+  }
+}
+
+static void on_uncork(uv_prepare_t *p) {
+  db_host *dh = p->data;
+  uncork_all(dh);
+  uv_prepare_stop(p);
+}
+
+static void cork(db_conn *c) {
+  int on = 1;
+  if (c->corked || c->cork < 0) return;
+  if (c->cork == 0) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    c->cork = getsockname(c->fd, (struct sockaddr *)&ss, &len) == 0 &&
+                      (ss.ss_family == AF_INET || ss.ss_family == AF_INET6)
+                  ? 1
+                  : -1;
+    if (c->cork < 0) return;
+  }
+  if (setsockopt(c->fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) != 0) {
+    c->cork = -1;
+    return;
+  }
+  c->corked = 1;
+  c->next_corked = c->dh->corked;
+  c->dh->corked = c;
+  db_conn_ref(c);
+  uv_prepare_start(c->dh->uncork, on_uncork);
+}
+
 /* Sends what is queued, in order, as far as the connection lets it: a
    script or a COPY waits for the pipeline to drain and holds everything
    behind it; nothing goes while a cancel request is under way. */
@@ -1000,6 +1048,7 @@ static void pump(db_conn *c) {
       sent = 1;
       break;
     }
+    if (!sent) cork(c);
     if (!send_pipelined(c, op)) {
       broken(c, PQerrorMessage(c->pg));
       return;
@@ -1576,13 +1625,33 @@ void db_conn_close(db_conn *c, const char *why) {
 /* ---- the host
  * ---------------------------------------------------------------------- */
 
+db_host *db_host_new(ah_host *h) {
+  db_host *dh = db_alloc(sizeof *dh);
+  dh->host = h;
+  dh->refs = 1;
+  dh->uncork = db_alloc(sizeof *dh->uncork);
+  uv_prepare_init(ah_host_loop(h), dh->uncork);
+  dh->uncork->data = dh;
+  uv_unref((uv_handle_t *)dh->uncork);
+  return dh;
+}
+
 void db_host_unref(db_host *dh) {
   if (--dh->refs == 0) free(dh);
+}
+
+static void on_uncork_closed(uv_handle_t *h) {
+  db_host *dh = h->data;
+  free(h);
+  db_host_unref(dh);
 }
 
 void db_host_close(db_host *dh) {
   db_conn *c, *next;
   dh->closed = 1;
+  uncork_all(dh);
+  dh->refs++;
+  ah_host_close_handle(dh->host, (uv_handle_t *)dh->uncork, on_uncork_closed);
   while (dh->pools) db_pool_close(dh->pools);
   for (c = dh->conns; c; c = next) {
     db_conn_ref(c);

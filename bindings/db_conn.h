@@ -142,6 +142,9 @@ struct db_conn {
   db_op *cancel_target; /* a cancel request was sent for it */
   int cancelling;       /* the cancel request is in the thread pool */
   int want_write;
+  int cork;             /* 1: TCP, may be corked; -1: cannot */
+  db_conn *next_corked; /* on dh->corked while corked */
+  int corked;
   const char **scratch_vals; /* parameter arrays for libpq, reused */
   int *scratch_lens, *scratch_fmts, scratch_cap;
   int copy_out; /* draining a COPY TO STDOUT nobody asked for */
@@ -170,6 +173,8 @@ struct db_host {
   db_pool *pools;
   int refs;
   int closed;
+  uv_prepare_t *uncork; /* once per loop turn, before it waits */
+  db_conn *corked;      /* connections holding back a turn's statements */
 };
 
 /* ---- db_conn.c ---------------------------------------------------------- */
@@ -222,6 +227,8 @@ void db_conn_wait_note(db_conn *c, db_op *op);
 /* Hands queued notifications to waiting tasks. */
 void db_conn_deliver_notes(db_conn *c);
 
+/* Per-host state, made by ah_open_db. */
+db_host *db_host_new(ah_host *h);
 /* Closes everything when the host goes. */
 void db_host_close(db_host *dh);
 void db_host_unref(db_host *dh);
