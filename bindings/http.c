@@ -492,6 +492,30 @@ static int add_lua_headers(http_conn *c, lua_State *L, http_wreq *w, int hidx,
   return 0;
 }
 
+/* Decimal digits without printf: this runs for every response. */
+static int add_uint(http_wreq *w, uint64_t v) {
+  char tmp[24];
+  int n = 0;
+  do {
+    tmp[sizeof tmp - 1 - n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return wadd(w, tmp + sizeof tmp - n, (size_t)n);
+}
+
+static int add_status_line(http_wreq *w, int status) {
+  const char *r = reason_phrase(status);
+  char num[4];
+  num[0] = (char)('0' + status / 100 % 10);
+  num[1] = (char)('0' + status / 10 % 10);
+  num[2] = (char)('0' + status % 10);
+  num[3] = ' ';
+  if (WADDL(w, "HTTP/1.1 ") != 0 || wadd(w, num, 4) != 0 ||
+      wadd(w, r, strlen(r)) != 0)
+    return -1;
+  return WADDL(w, "\r\n");
+}
+
 /* Appends a response head to w. clen >= 0: Content-Length; -1: a stream
    (chunked, or close-delimited for HTTP/1.0); -2: no body (204, 304).
    Returns -1 with err set when the handler's headers are invalid. */
@@ -502,8 +526,7 @@ int http_write_head(http_conn *c, lua_State *L, http_wreq *w, int status,
   int flags = 0;
   size_t mark = w->len;
   if (!c->keep_alive || s->draining || c->upgrade) c->close_after = 1;
-  if (wprintf(w, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status)) != 0)
-    goto oom;
+  if (add_status_line(w, status) != 0) goto oom;
   if (hidx && add_lua_headers(c, L, w, hidx, &flags, err, errlen) != 0) {
     w->len = mark;
     return -1;
@@ -515,7 +538,9 @@ int http_write_head(http_conn *c, lua_State *L, http_wreq *w, int status,
     return -1;
   }
   if (clen >= 0) {
-    if (wprintf(w, "Content-Length: %lld\r\n", (long long)clen) != 0) goto oom;
+    if (WADDL(w, "Content-Length: ") != 0 || add_uint(w, (uint64_t)clen) != 0 ||
+        WADDL(w, "\r\n") != 0)
+      goto oom;
   } else if (clen == -1) {
     if (c->http_major == 1 && c->http_minor >= 1) {
       c->chunked = 1;
