@@ -716,7 +716,7 @@ class Runner:
         cp = [
             System("asynchost conn:copy_in", ah + ["copy", dsn, n_copy, 1], needs=["db"], base=True),
             System("Python asyncpg copy_records_to_table", apg + ["copy", dsn, n_copy, 1], needs=["py:asyncpg"]),
-            System("psql \\copy from a file (ceiling)", ["psql", "-X", "-q", dsn, "-c",
+            System("psql \\copy from a file", ["psql", "-X", "-q", dsn, "-c",
                                                          "\\copy bench_insert (a, b) from '%s'" % copy_file],
                    check=lambda p, b: setattr(p, "result", {"ok": True, "n": n_copy, "elapsed": p.wall}) or None),
         ]
