@@ -3,7 +3,7 @@ BUILD ?= build
 ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 
-.PHONY: all build demo test test-asan deps clean format
+.PHONY: all build demo test test-asan deps clean format install package bench
 
 all: build
 
@@ -24,6 +24,15 @@ test-asan: deps
 	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DAH_SANITIZE=ON >/dev/null
 	@cmake --build $(ASAN_BUILD) -j$(JOBS)
 	spec/run $(ASAN_BUILD)
+
+install: build
+	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX),)
+
+package: build
+	cd $(BUILD) && cpack -G DEB
+
+bench:
+	bench/run
 
 format:
 	clang-format -i host/*.c host/*.h bindings/*.c bindings/*.h tests/*.c

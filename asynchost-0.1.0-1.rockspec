@@ -21,7 +21,7 @@ loop. From a plain lua5.4:
    local ah = require "asynchost"
    print(ah.run(function() ah.sleep(0.1) return "done" end))
 ]],
-   license = "not yet chosen: see README.md",
+   license = "MIT",
    labels = { "async", "libuv", "coroutines", "http", "postgresql" },
 }
 dependencies = {
@@ -33,6 +33,7 @@ build = {
       CMAKE_BUILD_TYPE = "Release",
       CMAKE_INSTALL_PREFIX = "$(PREFIX)",
       AH_LUA_MODULE_ONLY = "ON",
+      AH_WERROR = "OFF",
       AH_LUA_CMOD_DIR = "$(LIBDIR)",
    },
 }

@@ -87,7 +87,9 @@ typedef void (*ah_done_fn)(ah_task *t, lua_State *L, int status, int nres,
                            void *data);
 
 /* Pops a function and nargs arguments from ah_host_lua(h) and starts
-   fn(args...) as a task. done (may be NULL) is called when it ends. */
+   fn(args...) as a task. done (may be NULL) is called when it ends.
+   Returns AH_EINVAL, popping nothing, when there is no function below
+   the arguments. */
 int ah_host_spawn_call(ah_host *h, int nargs, ah_done_fn done, void *data,
                        ah_task **out);
 

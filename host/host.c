@@ -612,6 +612,20 @@ int ah_host_run(ah_host *h) {
   return h->status;
 }
 
+/* Closes the host's own loop. Thread-pool work still running (a bindings'
+   fs or stdin read) must finish first, since it writes into the loop: wait
+   up to 2 s for it. If it never ends (a read of a terminal nobody types
+   into), the host is left allocated rather than freed under it. */
+static int close_own_loop(ah_host *h) {
+  int ms;
+  for (ms = 0; uv_loop_close(&h->own_loop) == UV_EBUSY; ms++) {
+    if (ms >= 2000) return 0;
+    uv_run(&h->own_loop, UV_RUN_NOWAIT);
+    uv_sleep(1);
+  }
+  return 1;
+}
+
 void ah_host_free(ah_host *h) {
   int rounds;
   if (!h) return;
@@ -641,7 +655,7 @@ void ah_host_free(ah_host *h) {
   h->L = NULL;
   for (rounds = 0; h->closing > 0 && rounds < 1000; rounds++)
     uv_run(h->loop, UV_RUN_NOWAIT);
-  if (h->owns_loop) uv_loop_close(&h->own_loop);
+  if (h->owns_loop && !close_own_loop(h)) return; /* see close_own_loop */
   free(h->hooks);
   free(h->rstack);
   free(h->error);

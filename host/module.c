@@ -28,12 +28,17 @@ int ah__load_lua(lua_State *L, const char *name) {
   return LUA_ERRFILE;
 }
 
-/* stats() -> {tasks=, ready=, timers=, <kind>=...}: what is still alive */
+/* stats() -> {tasks=, ready=, timers=, <kind>=...}: what is still alive.
+   `current` counts the running task and its ancestors (alive by
+   necessity), so tasks - current is what else runs. */
 static int l_stats(lua_State *L) {
   ah_host *h = ah_host_of(L);
   ah_task *t;
-  int i, ready = 0;
-  lua_createtable(L, 0, 4 + h->ncounts);
+  int i, ready = 0, chain = 0;
+  lua_createtable(L, 0, 5 + h->ncounts);
+  for (t = h->current; t && t != &h->root; t = t->parent) chain++;
+  lua_pushinteger(L, chain);
+  lua_setfield(L, -2, "current");
   lua_pushinteger(L, h->ntasks);
   lua_setfield(L, -2, "tasks");
   for (t = h->qhead; t; t = t->qnext) ready++;

@@ -9,11 +9,11 @@ local H = {}
 local function leftovers(s)
   local left = {}
   for kind, n in pairs(s) do
-    if kind ~= "tasks" and not kind:match("^idle%.") and n ~= 0 then
+    if kind ~= "tasks" and kind ~= "current" and not kind:match("^idle%.") and n ~= 0 then
       left[#left + 1] = kind .. "=" .. n
     end
   end
-  if s.tasks > 1 then left[#left + 1] = "tasks=" .. (s.tasks - 1) end
+  if s.tasks > s.current then left[#left + 1] = "tasks=" .. (s.tasks - s.current) end
   table.sort(left)
   return left
 end
