@@ -597,7 +597,7 @@ static void respond_simple(http_conn *c, int status, int close) {
 static void access_log(http_conn *c, unsigned task) {
   double ms = (double)(uv_hrtime() - c->t0) / 1e6;
   log_task(task, "INFO", "%s %.*s %d %zu %.2fms",
-           llhttp_method_name((llhttp_method_t)c->method),
+           llhttp_method_name((llhttp_method_t)c->parser.method),
            (int)(c->url_len > 512 ? 512 : c->url_len), c->head, c->status,
            c->sent, ms);
 }
@@ -708,7 +708,11 @@ static void on_done(ah_task *t, lua_State *L, int status, int nres,
     c->req = NULL;
   }
   c->waiter = NULL;
-  if (c->closing) {
+  if (c->closing) { /* the client went away: nginx logs that as 499 */
+    if (s->access_log) {
+      c->status = 499;
+      access_log(c, ah_task_id(t));
+    }
     conn_maybe_free(c);
     return;
   }
