@@ -709,8 +709,9 @@ static int l_connect(lua_State *L) {
   }
   dsn = lua_tostring(L, 1);
   cache = opt_int(L, opts, "statement_cache", DEFAULT_CACHE, 0);
-  if (opts && lua_getfield(L, opts, "null") != LUA_TNIL)
-    nullidx = lua_gettop(L);
+  lua_settop(L, 2);
+  if (opts && lua_getfield(L, opts, "null") != LUA_TNIL) nullidx = 3;
+  lua_settop(L, nullidx ? 3 : 2);
   t = ah_task_check(L, "db.connect");
   new_conn_ud(L, nullidx);
   if (nullidx) lua_replace(L, nullidx); /* dsn opts conn */

@@ -776,23 +776,29 @@ static db_stmt *stmt_get(db_conn *c, const char *sql) {
 
 static void queue_internal(db_conn *c, const char *sql);
 
+/* Deallocates the least recently used statements no op uses until at
+   most max are left (or all left are in use). */
+static void cache_trim(db_conn *c, int max) {
+  db_stmt *v = c->lru_tail, *prev;
+  for (; v && c->nstmts > max; v = prev) {
+    prev = v->lprev;
+    if (v->refs == 0 && v->state == STMT_READY) {
+      char sqlbuf[48];
+      snprintf(sqlbuf, sizeof sqlbuf, "DEALLOCATE %s", v->name);
+      stmt_remove(c, v);
+      queue_internal(c, sqlbuf);
+    }
+  }
+}
+
 static db_stmt *stmt_add(db_conn *c, const char *sql) {
-  db_stmt *s, *v;
+  db_stmt *s;
   if (!c->buckets) {
     c->nbuckets = 64;
     while (c->nbuckets < c->cache_cap) c->nbuckets *= 2;
     c->buckets = db_alloc(sizeof *c->buckets * (size_t)c->nbuckets);
   }
-  /* make room: the least recently used statement no op uses */
-  if (c->nstmts >= c->cache_cap)
-    for (v = c->lru_tail; v; v = v->lprev)
-      if (v->refs == 0 && v->state == STMT_READY) {
-        char sqlbuf[48];
-        snprintf(sqlbuf, sizeof sqlbuf, "DEALLOCATE %s", v->name);
-        stmt_remove(c, v);
-        queue_internal(c, sqlbuf);
-        break;
-      }
+  cache_trim(c, c->cache_cap - 1);
   s = db_alloc(sizeof *s);
   s->sql = db_strdup(sql);
   s->hash = hash_sql(sql);
@@ -1019,7 +1025,7 @@ static void cork(db_conn *c) {
    script or a COPY waits for the pipeline to drain and holds everything
    behind it; nothing goes while a cancel request is under way. */
 static void pump(db_conn *c) {
-  int sent = 0;
+  int sent = 0, failed = 0;
   while (c->state == DB_C_READY && c->pending.head && !c->excl &&
          !c->cancelling && !c->cancel_target) {
     db_op *op = c->pending.head;
@@ -1031,7 +1037,7 @@ static void pump(db_conn *c) {
       stmt_unref(c, op->stmt);
       op->stmt = NULL;
       db_op_complete(op);
-      emit(c, DB_EV_PROGRESS);
+      failed = 1;
       continue;
     }
     if (needs_types(op)) break;
@@ -1060,6 +1066,7 @@ static void pump(db_conn *c) {
   }
   if (sent && c->state == DB_C_READY) flush(c);
   update_poll(c);
+  if (failed) emit(c, DB_EV_PROGRESS);
 }
 
 /* ---- results ---------------------------------------------------------------
@@ -1133,6 +1140,7 @@ static void finish(db_conn *c, db_op *op) {
   if (op->stmt) {
     stmt_unref(c, op->stmt);
     op->stmt = NULL;
+    if (c->nstmts > c->cache_cap) cache_trim(c, c->cache_cap);
   }
   db_op_complete(op);
   emit(c, DB_EV_PROGRESS);

@@ -425,6 +425,18 @@ describe("conn:query", function()
     assert.are.equal(2, c:query("select count(*) as n from s")[1].n)
   end)
 
+  it("returns an error for COPY inside exec and stays usable", function()
+    c:query("create temp table e (x int)")
+    local r, err = c:exec("copy e from stdin")
+    assert.is_nil(r)
+    assert.matches("^db: ", err)
+    r, err = c:exec("copy (select 1) to stdout")
+    assert.is_nil(r)
+    assert.are.equal("db: COPY TO STDOUT is not supported", err)
+    assert.are.equal(1, c:query("select 1 as x")[1].x)
+    assert.are.equal(0, #assert(c:exec("")))
+  end)
+
   it("keeps order between exec and pipelined queries of other tasks",
     function()
       c:query("create temp table o (x int)")
@@ -435,6 +447,70 @@ describe("conn:query", function()
       }
       assert.are.same({1, 2, 2, n = 3}, seen)
     end)
+end)
+
+describe("prepared statements", function()
+  after_each(function() H.assert_clean() end)
+
+  it("keeps at most statement_cache statements prepared", function()
+    local c <close> = connect({statement_cache = 2})
+    local fns = {}
+    for i = 1, 60 do
+      fns[i] = function()
+        local k = i % 6
+        local rows = assert(c:query("select $1::int + " .. k .. " as v", i))
+        return rows[1].v - k
+      end
+    end
+    local r = gather(fns)
+    for i = 1, 60 do assert.are.equal(i, r[i]) end
+    local n = c:query("select count(*) as n from pg_prepared_statements")[1].n
+    assert.is_true(n <= 3, "prepared: " .. n) -- this query's own included
+  end)
+
+  it("works without a statement cache, raw bytes included", function()
+    local c <close> = connect({statement_cache = 0})
+    local bytes = "\0\1\2\255\254 binary"
+    assert.are.equal(bytes, c:query("select $1::bytea as b", bytes)[1].b)
+    assert.are.equal(7, c:query("select $1::int as v", 7)[1].v)
+    assert.are.equal(0,
+      c:query("select count(*) as n from pg_prepared_statements")[1].n)
+  end)
+
+  it("fails every user of SQL that does not prepare, in order", function()
+    local c <close> = connect()
+    local results = gather{
+      function() return select(2, c:query("selec $1", "x")) end,
+      function() return select(2, c:query("selec $1", 1)) end,
+      function() return c:query("select 1 as ok")[1].ok end,
+      function() return select(2, c:query("selec $1")) end,
+    }
+    assert.are.equal('db: syntax error at or near "selec" (SQLSTATE 42601)',
+      results[1])
+    assert.are.equal(results[1], results[2])
+    assert.are.equal(1, results[3])
+    assert.are.equal(results[1], results[4])
+  end)
+
+  it("keeps the order of statements from many tasks", function()
+    local c <close> = connect()
+    c:query("create temp table seq (n int, at timestamptz default clock_timestamp())")
+    local fns = {}
+    for i = 1, 40 do
+      fns[i] = function()
+        -- new SQL every few tasks, with and without string parameters
+        if i % 3 == 0 then
+          return c:query("insert into seq (n) values ($1::text::int)", tostring(i))
+        end
+        return c:query("insert into seq (n) values ($1 + " .. (i % 4) .. " - "
+          .. (i % 4) .. ")", i)
+      end
+    end
+    gather(fns)
+    local rows = c:query("select n from seq order by at, n")
+    assert.are.equal(40, #rows)
+    for i = 1, 40 do assert.are.equal(i, rows[i].n) end
+  end)
 end)
 
 describe("conn:copy_in", function()
@@ -620,6 +696,34 @@ describe("transactions", function()
       assert.are.same({"commit", "other saw 1"}, order)
     end)
 
+  it("lets tasks spawned inside use the transaction", function()
+    local n = c:transaction(function(tx)
+      gather({1, 2, 3, 4, 5}, function(i)
+        assert(tx:query("insert into tx values ($1)", i))
+      end)
+      return tx:query("select count(*) as n from tx")[1].n
+    end)
+    assert.are.equal(5, n)
+    assert.are.same({1, 2, 3, 4, 5}, ids())
+  end)
+
+  it("gives a lent connection back on close() and with()", function()
+    local pid = c:pid()
+    local got = c:with(function(lent)
+      assert.are.equal(pid, lent:pid())
+      return "inside"
+    end)
+    assert.are.equal("inside", got)
+    c:with(function(lent)
+      lent:query("begin")
+      lent:query("insert into tx values (1)")
+      lent:close() -- gives it back early, rolling back
+      assert.has_error(function() lent:query("select 1") end)
+    end)
+    assert.are.same({}, ids())
+    assert.are.equal(1, c:query("select 1 as x")[1].x)
+  end)
+
   it("refuses a lent connection once its transaction ended", function()
     local kept
     c:transaction(function(tx) kept = tx end)
@@ -672,6 +776,17 @@ describe("LISTEN/NOTIFY", function()
     assert.is_true(l:unlisten("q"))
     n:query("select pg_notify('q', 'late')")
     assert.is_nil(l:notification(0.2))
+  end)
+
+  it("polls with a zero timeout", function()
+    local l <close> = connect()
+    l:listen("poll")
+    local got, err = l:notification(0)
+    assert.is_nil(got)
+    assert.matches("^timeout:", err)
+    admin("notify poll, 'now'")
+    sleep(0.1)
+    assert.are.equal("now", assert(l:notification(0)).payload)
   end)
 
   it("keeps a notification for others when a waiter is cancelled", function()
@@ -762,6 +877,41 @@ describe("db.pool", function()
     holder:wait()
     q:wait()
     assert.are.same({"held", "released", "query ran"}, order)
+    p:close()
+  end)
+
+  it("forgets a waiting query whose task is cancelled", function()
+    local p = db.pool{dsn = DSN, size = 1}
+    local release = ah.queue()
+    local holder = spawn(function() p:with(function() release:get() end) end)
+    sleep(0.05)
+    local r, err = timeout(0.1, p.query, p, "select 1")
+    assert.is_nil(r)
+    assert.matches("^timeout:", err)
+    assert.are.equal(0, p:stats().waiting)
+    release:put(true)
+    holder:wait()
+    assert.are.equal(1, p:query("select 1 as x")[1].x)
+    p:close()
+  end)
+
+  it("never lends one connection twice", function()
+    local p = db.pool{dsn = DSN, size = 3}
+    local inside, most = 0, 0
+    local pids = {}
+    gather({1, 2, 3, 4, 5, 6, 7, 8, 9}, function()
+      p:transaction(function(tx)
+        local pid = tx:pid()
+        assert.is_nil(pids[pid])
+        pids[pid] = true
+        inside = inside + 1
+        most = math.max(most, inside)
+        tx:query("select pg_sleep(0.02)")
+        inside = inside - 1
+        pids[pid] = nil
+      end)
+    end)
+    assert.is_true(most <= 3)
     p:close()
   end)
 
