@@ -36,6 +36,7 @@ typedef struct fetch_sock {
   curl_socket_t fd;
   uv_poll_t *poll; /* made when curl first wants it watched */
   int action;      /* CURL_POLL_* curl asked for last, 0 if none */
+  int events;      /* UV_READABLE/UV_WRITABLE the poll watches now */
   int owned;       /* opened by open_socket: closed by close_socket */
 } fetch_sock;
 
@@ -77,6 +78,13 @@ static void transfer_done(fetch_engine *e, fetch_xfer *x, CURLcode result);
 static void running_add(fetch_engine *e, int delta) {
   int was = e->running;
   e->running += delta;
+  if (e->running * 2 > e->maxconnects) {
+    /* curl's default cache size (4 x the handles in the multi) shrinks
+       as soon as transfers end, closing keep-alive connections that the
+       next requests want: size it by the peak instead. */
+    e->maxconnects = e->running * 2;
+    curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)e->maxconnects);
+  }
   if (was == 0 && e->running > 0) uv_ref((uv_handle_t *)e->alive);
   if (was > 0 && e->running == 0) uv_unref((uv_handle_t *)e->alive);
 }
@@ -116,6 +124,7 @@ static void poll_close(fetch_engine *e, fetch_sock *k) {
   if (!k->poll) return;
   ah_host_close_handle(e->host, (uv_handle_t *)k->poll, free_handle);
   k->poll = NULL;
+  k->events = 0;
 }
 
 static void sock_drop(fetch_engine *e, fetch_sock *k) {
@@ -126,6 +135,8 @@ static void sock_drop(fetch_engine *e, fetch_sock *k) {
 
 static void check_done(fetch_engine *e);
 
+static int poll_update(fetch_engine *e, fetch_sock *k);
+
 /* A poll handle and the engine its callback needs. */
 typedef struct fetch_poll {
   uv_poll_t poll;
@@ -135,17 +146,33 @@ typedef struct fetch_poll {
 static void on_poll(uv_poll_t *p, int status, int events) {
   fetch_sock *k = p->data;
   fetch_engine *e = ((fetch_poll *)p)->e;
+  curl_socket_t fd = k->fd;
   int flags = 0, still;
-  if (status < 0)
-    flags = CURL_CSELECT_ERR;
-  else {
+  if (k->action == 0) { /* an idle connection stirred (closed by the peer) */
+    poll_update(e, k);  /* stop: curl checks it before reusing it */
+    return;
+  }
+  if (status < 0) {
+    /* An error on the socket (libuv has stopped the poll): let curl try
+       what it was waiting for and meet the error itself. CURL_CSELECT_ERR
+       would stick to the transfer and fail it later even when the socket
+       was only one of happy eyeballs' losing attempts. */
+    k->events = 0;
+    if (k->action & CURL_POLL_IN) flags |= CURL_CSELECT_IN;
+    if (k->action & CURL_POLL_OUT) flags |= CURL_CSELECT_OUT;
+  } else {
     if (events & (UV_READABLE | UV_DISCONNECT)) flags |= CURL_CSELECT_IN;
     if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   }
-  curl_multi_socket_action(e->multi, k->fd, flags, &still);
+  curl_multi_socket_action(e->multi, fd, flags, &still);
+  if (status < 0 && (k = sock_get(e, fd)) != NULL && k->poll && k->action &&
+      k->events == 0)
+    poll_update(e, k); /* curl still wants it: watch it again */
   check_done(e);
 }
 
+/* Makes the poll watch what curl wants. uv_poll_start costs two epoll_ctl
+   calls even for the same events, so an unchanged watch is left alone. */
 static int poll_update(fetch_engine *e, fetch_sock *k) {
   int events = 0;
   if (!k->poll) {
@@ -159,13 +186,16 @@ static int poll_update(fetch_engine *e, fetch_sock *k) {
     p->poll.data = k;
     uv_unref((uv_handle_t *)&p->poll);
     k->poll = &p->poll;
+    k->events = 0;
   }
   if (k->action & CURL_POLL_IN) events |= UV_READABLE;
   if (k->action & CURL_POLL_OUT) events |= UV_WRITABLE;
+  if (events == k->events) return 0;
   if (events)
     uv_poll_start(k->poll, events, on_poll);
   else
     uv_poll_stop(k->poll);
+  k->events = events;
   return 0;
 }
 
@@ -179,10 +209,12 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp,
   if (what == CURL_POLL_REMOVE) {
     if (!k) return 0;
     k->action = 0;
-    if (k->owned)
-      poll_update(e, k); /* stopped; reused if the connection is */
-    else
+    if (!k->owned)
       sock_drop(e, k); /* not ours (the resolver's socketpair) */
+    else if (k->events & UV_WRITABLE)
+      poll_update(e, k); /* would fire at once: stop now */
+    /* else the read watch stays until it fires or the connection is
+       reused: a keep-alive connection costs no epoll_ctl per request */
     return 0;
   }
   if (!k && !(k = sock_new(e, s, 0))) return -1;
@@ -988,6 +1020,8 @@ int fetch_engine_ready(fetch_engine *e, char *err, size_t errlen) {
   curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_timer);
   curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
   curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+  e->maxconnects = 32;
+  curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)e->maxconnects);
   return 0;
 oom:
   if (e->share) curl_share_cleanup(e->share);

@@ -82,6 +82,7 @@ struct fetch_engine {
   int nfree;
   fetch_xfer *live; /* transfers given out and not yet released */
   int running;      /* easy handles in the multi */
+  int maxconnects;  /* connection cache size: twice the peak of running */
   int closed;
   /* limits on requests in flight; 0 = unlimited */
   long per_host, total;
