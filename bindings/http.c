@@ -105,40 +105,20 @@ static const char *date_line(http_server *s) {
   return s->date;
 }
 
-/* A log line as the log binding writes them:
-   HH:MM:SS.mmm LEVEL [task N] message */
-static void vlog_line(unsigned task, const char *level, const char *fmt,
-                      va_list ap) {
-  struct timespec ts;
-  struct tm tm;
+/* Log lines go through the log binding (its format, its threshold):
+   HH:MM:SS.mmm LEVEL [task N] message. A done callback runs outside its
+   task, so the handler task's id is part of the message there. */
+static void log_task(ah_host *h, unsigned task, const char *level,
+                     const char *fmt, ...) {
   char msg[2048];
-  clock_gettime(CLOCK_REALTIME, &ts);
-  localtime_r(&ts.tv_sec, &tm);
+  va_list ap;
+  va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
-  fflush(stdout);
+  va_end(ap);
   if (task)
-    fprintf(stderr, "%02d:%02d:%02d.%03d %s [task %u] %s\n", tm.tm_hour,
-            tm.tm_min, tm.tm_sec, (int)(ts.tv_nsec / 1000000), level, task,
-            msg);
+    ah_log(ah_host_lua(h), level, "[task %u] %s", task, msg);
   else
-    fprintf(stderr, "%02d:%02d:%02d.%03d %s [http] %s\n", tm.tm_hour, tm.tm_min,
-            tm.tm_sec, (int)(ts.tv_nsec / 1000000), level, msg);
-  fflush(stderr);
-}
-
-static void log_task(unsigned task, const char *level, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vlog_line(task, level, fmt, ap);
-  va_end(ap);
-}
-
-void http_log(ah_host *h, const char *level, const char *fmt, ...) {
-  ah_task *t = ah_task_current(h);
-  va_list ap;
-  va_start(ap, fmt);
-  vlog_line(t ? ah_task_id(t) : 0, level, fmt, ap);
-  va_end(ap);
+    ah_log(ah_host_lua(h), level, "%s", msg);
 }
 
 static uint64_t deadline_in(http_server *s, uint64_t ms) {
@@ -596,7 +576,7 @@ static void respond_simple(http_conn *c, int status, int close) {
 
 static void access_log(http_conn *c, unsigned task) {
   double ms = (double)(uv_hrtime() - c->t0) / 1e6;
-  log_task(task, "INFO", "%s %.*s %d %zu %.2fms",
+  log_task(c->srv->host, task, "info", "%s %.*s %d %zu %.2fms",
            llhttp_method_name((llhttp_method_t)c->parser.method),
            (int)(c->url_len > 512 ? 512 : c->url_len), c->head, c->status,
            c->sent, ms);
@@ -636,7 +616,8 @@ static void request_done(http_conn *c) {
 }
 
 /* The normal response: [status body headers ctype] at base of L. */
-static void respond(http_conn *c, lua_State *L, int base, int nres) {
+static void respond(http_conn *c, lua_State *L, int base, int nres,
+                    unsigned tid) {
   http_server *s = c->srv;
   http_wreq *w;
   char err[256];
@@ -661,7 +642,7 @@ static void respond(http_conn *c, lua_State *L, int base, int nres) {
   }
   if (http_write_head(c, L, w, code, hidx, body && !nobody ? ctype : NULL,
                       nobody ? -2 : (int64_t)blen, err, sizeof err) != 0) {
-    http_log(s->host, "ERROR", "http: %s %.*s: the handler's response: %s",
+    log_task(s->host, tid, "error", "http: %s %.*s: the handler's response: %s",
              llhttp_method_name((llhttp_method_t)c->method),
              (int)(c->url_len > 512 ? 512 : c->url_len), c->head, err);
     http_wreq_put(s, w);
@@ -726,7 +707,7 @@ static void on_done(ah_task *t, lua_State *L, int status, int nres,
         return;
       }
     } else
-      respond(c, L, base, nres);
+      respond(c, L, base, nres, ah_task_id(t));
   } else if (c->streaming) {
     conn_close(c);
     return;
@@ -734,7 +715,7 @@ static void on_done(ah_task *t, lua_State *L, int status, int nres,
     respond_simple(c, 504, 0);
   } else {
     if (status == AH_ERUN)
-      log_task(ah_task_id(t), "ERROR", "http: %s %.*s: %s",
+      log_task(s->host, ah_task_id(t), "error", "http: %s %.*s: %s",
                llhttp_method_name((llhttp_method_t)c->method),
                (int)(c->url_len > 512 ? 512 : c->url_len), c->head,
                lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
@@ -1742,7 +1723,7 @@ static int l_decode(lua_State *L) {
 static int l_log(lua_State *L) {
   const char *level = luaL_checkstring(L, 1);
   const char *msg = luaL_checkstring(L, 2);
-  http_log(ah_host_of(L), level, "%s", msg);
+  ah_log(L, level, "%s", msg);
   return 0;
 }
 

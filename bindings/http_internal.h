@@ -86,7 +86,7 @@ struct http_server {
   int nconns;
   http_wreq *free_wreqs;
   int nfree;
-  ah_task *closer; /* a task waiting in srv:close() */
+  ah_task *closer;  /* a task waiting in srv:close() */
   http_server **ud; /* the Lua handle's pointer to us */
   int ref_self, ref_dispatch, ref_reqmt, ref_sdt;
   int port;
@@ -112,7 +112,6 @@ int http_write_head(http_conn *c, lua_State *L, http_wreq *w, int status,
 int http_send(http_conn *c, http_wreq *w, const char *extra, size_t elen);
 void http_conn_abort(http_conn *c);
 http_conn *http_check_req(lua_State *L, int idx);
-void http_log(ah_host *h, const char *level, const char *fmt, ...);
 
 /* http_file.c */
 int http_l_sendfile(lua_State *L);

@@ -43,7 +43,7 @@ local function log_error(msg)
   if type(log) == "table" and type(log.error) == "function" then
     log.error(msg)
   else
-    C.log("ERROR", msg)
+    C.log("error", msg)
   end
 end
 

@@ -493,7 +493,10 @@ describe("scripts/api.lua", function()
       q(base .. ".log"), q(base .. ".pid"), q(base .. ".status")))
     srv = {log = base .. ".log", status_file = base .. ".status",
       url = "http://127.0.0.1:" .. port}
-    srv.pid = wait_for("api.lua's pid", function() return tonumber(slurp(base .. ".pid") or "") end)
+    local tpid = wait_for("timeout's pid", function() return tonumber(slurp(base .. ".pid") or "") end)
+    srv.pid = wait_for("api.lua's pid", function() -- signals go to asynchost itself
+      return tonumber(sh("pgrep -P " .. tpid))
+    end)
     wait_for("api.lua to listen", function()
       if slurp(srv.status_file) then error("api.lua exited: " .. slurp(srv.log)) end
       return (slurp(srv.log) or ""):find("listening on", 1, true)
