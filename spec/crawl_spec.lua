@@ -535,6 +535,33 @@ describe("a crawl shared through PostgreSQL", function()
     q("DELETE FROM crawl_runs WHERE crawl = $1", id)
   end)
 
+  it("gives back its leases at Ctrl-C, and a second run finishes the crawl", function()
+    local slow = S.start(TMP .. "/site2k", TMP, "slow2k", 0.1)
+    local id = "spec-int-" .. math.random(1, 1e9)
+    local args = {"scripts/crawl.lua", "-q", "--no-progress", "--frontier", PG, "--crawl-id", id,
+                  "--depth", "4", "-c", "3", "--lease", "60", slow.origin .. "/p/1.html"}
+    local p = start_bg("int-shared", args)
+    local deadline = ah.now() + 20
+    local rows
+    repeat
+      ah.sleep(0.05)
+      rows = conn:query("SELECT count(*) AS n FROM crawl_results WHERE crawl = $1", id)
+    until (rows and rows[1].n >= 5) or ah.now() > deadline
+    p.signal("INT")
+    local code, _, err = p.wait(20)
+    assert.equal(130, code, err)
+    local leased = q("SELECT count(*) AS n FROM crawl_frontier WHERE crawl = $1 AND state = 'leased'", id)
+    assert.equal(0, leased[1].n)
+    local done = q("SELECT count(*) AS n FROM crawl_results WHERE crawl = $1", id)[1].n
+    assert.is_true(done >= 5 and done < 32, "done " .. done)
+    local _, err2, code2 = H.run(args)
+    assert.equal(0, code2, err2)
+    assert.matches("^" .. (32 - done) .. " pages", err2)
+    assert.equal(32, q("SELECT count(DISTINCT url) AS n FROM crawl_results WHERE crawl = $1", id)[1].n)
+    slow.stop()
+    q("DELETE FROM crawl_runs WHERE crawl = $1", id)
+  end)
+
   it("keeps to --max-pages across workers", function()
     local id = "spec-max-" .. math.random(1, 1e9)
     local common = {"scripts/crawl.lua", "-q", "--no-progress", "--frontier", PG, "--crawl-id", id,
