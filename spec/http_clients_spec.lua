@@ -440,6 +440,7 @@ describe("asynchost --workers", function()
     assert.is_number(workers[2])
     local victim = workers[1]
     os.execute("kill -KILL " .. victim)
+    wait_for("worker 1 to be gone", function() return not alive(victim) end)
     -- requests keep succeeding meanwhile (the other worker takes them)
     local _, after = hit(srv.url, 10)
     assert.is_truthy(next(after))
