@@ -180,8 +180,9 @@ static void read_opts(lua_State *L, req_opts *o) {
     else if (strcmp(k, "output") == 0)
       o->output = opt_string(L, k, v);
     else if (strcmp(k, "max_size") == 0) {
-      if (lua_type(L, v) == LUA_TNUMBER && lua_tonumber(L, v) == HUGE_VAL)
-        o->max_size = -1; /* math.huge: no limit */
+      if ((lua_type(L, v) == LUA_TNUMBER && lua_tonumber(L, v) == HUGE_VAL) ||
+          (lua_type(L, v) == LUA_TBOOLEAN && !lua_toboolean(L, v)))
+        o->max_size = -1; /* math.huge or false: no limit */
       else
         o->max_size = opt_count(L, k, v);
     } else if (strcmp(k, "retries") == 0 || strcmp(k, "retry_delay") == 0) {

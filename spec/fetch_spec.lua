@@ -369,6 +369,17 @@ describe("fetch", function()
       assert.equal(300000, #res.body)
     end)
 
+    it("stops at 64 MiB by default, and max_size = false lifts the limit", function()
+      local n = 64 * 1024 * 1024 + 1
+      local url = O .. "/big?chunked=1&n=" .. n
+      local res, err = fetch(url, {output = "/dev/null"})
+      assert.is_nil(res)
+      assert.matches("^too_large: .*67108864 bytes", err)
+      res, err = fetch(url, {output = "/dev/null", max_size = false})
+      assert.is_nil(err)
+      assert.equal(n, res.size)
+    end)
+
     it("counts requests, reused connections, bytes and errors in fetch.stats()", function()
       local s0 = fetch.stats()
       fetch(O .. "/big?n=1234")
@@ -527,6 +538,43 @@ describe("fetch", function()
       local ok, err = pcall(function() fetch(O, {timeout = "x"}) end)
       assert.is_false(ok)
       assert.matches("fetch_spec.lua:%d+: fetch: bad option", err)
+    end)
+  end)
+
+  describe("scripts/fetch_many.lua", function()
+    it("prints status, time and size per URL and a summary", function()
+      local out, err, code = H.run({"scripts/fetch_many.lua", "-c", "3",
+        O .. "/ping", O .. "/status?code=404", O .. "/big?n=1000", "http://nonexistent.invalid/"})
+      assert.equal(1, code, err)
+      local lines = {}
+      for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
+      assert.equal(5, #lines)
+      local seen = {}
+      for i = 1, 4 do
+        local status, ms, size, url = lines[i]:match("^(%w+)\t(%d+)\t(.-)\t(%S+)$")
+        assert.is_truthy(status, lines[i])
+        assert.is_true(tonumber(ms) >= 0)
+        seen[url] = status .. " " .. size
+      end
+      assert.equal("200 4", seen[O .. "/ping"])
+      assert.equal("404 10", seen[O .. "/status?code=404"])
+      assert.equal("200 1000", seen[O .. "/big?n=1000"])
+      assert.matches("^ERR dns: ", seen["http://nonexistent.invalid/"])
+      assert.matches("^4 URLs in .*: 3 ok, 1 failed, 1014 bytes; status 200=2 404=1; errors dns=1", lines[5])
+    end)
+
+    it("reads URLs from a file and rejects unknown options", function()
+      local list = H.env("AH_TEST_TMP") .. "/" .. key("urls")
+      local f = assert(io.open(list, "w"))
+      f:write(O, "/ping\n# a comment\n\n", O, "/big?n=10\n")
+      f:close()
+      local out, _, code = H.run({"scripts/fetch_many.lua", "-q", "-f", list})
+      os.remove(list)
+      assert.equal(0, code)
+      assert.matches("^2 URLs in .*: 2 ok, 0 failed, 14 bytes", out)
+      local _, err2, code2 = H.run({"scripts/fetch_many.lua", "--bogus"})
+      assert.equal(2, code2)
+      assert.matches("unknown option %-%-bogus", err2)
     end)
   end)
 
