@@ -712,7 +712,9 @@ function crawl.run(opts)
   c.filter = make_filter(opts.include, opts.exclude)
   local own_out
   if type(opts.out) == "string" then
-    c.out = assert(io.open(opts.out, "w"))
+    local f, err = io.open(opts.out, "w")
+    if not f then error("crawl: cannot write --out: " .. err, 0) end
+    c.out = f
     own_out = true
   elseif opts.out then
     c.out = opts.out

@@ -156,7 +156,7 @@ end
 ah.shutdown_timeout(2)
 
 local quiet = o.quiet
-local stats = crawl.run({
+local ok, stats = pcall(crawl.run, {
   urls = o.urls,
   depth = o.depth,
   max_pages = o["max-pages"],
@@ -182,4 +182,9 @@ local stats = crawl.run({
                               rec.error and ("  " .. rec.error) or rec.title and ("  " .. rec.title) or ""))
   end or nil,
 })
+if not ok then
+  if tostring(stats):match("^cancelled") then error(stats, 0) end
+  io.stderr:write(tostring(stats), "\n")
+  os.exit(1)
+end
 io.stderr:write(crawl.summary(stats), "\n")
