@@ -483,14 +483,14 @@ static void on_out_fs(uv_fs_t *req) {
     if (r < 0)
       out_fs_error(x, (int)r, "write to it");
     else {
-      o->offset += r;
+      o->offset += r; /* writes are sequential (-1): pipes work too */
       if ((size_t)r < o->wlen) { /* a short write: the rest goes first */
         memmove(o->wbuf, o->wbuf + r, o->wlen - (size_t)r);
         o->wlen -= (size_t)r;
         if (!x->cancelled) {
           uv_buf_t b = uv_buf_init(o->wbuf, (unsigned)o->wlen);
-          if (uv_fs_write(x->e->loop, &o->req, o->fd, &b, 1, o->offset,
-                          on_out_fs) == 0) {
+          if (uv_fs_write(x->e->loop, &o->req, o->fd, &b, 1, -1, on_out_fs) ==
+              0) {
             o->busy = 1;
             return;
           }
@@ -524,8 +524,7 @@ static int out_flush(fetch_xfer *x) {
   o->pcap = c;
   o->plen = 0;
   b = uv_buf_init(o->wbuf, (unsigned)o->wlen);
-  if (uv_fs_write(x->e->loop, &o->req, o->fd, &b, 1, o->offset, on_out_fs) !=
-      0) {
+  if (uv_fs_write(x->e->loop, &o->req, o->fd, &b, 1, -1, on_out_fs) != 0) {
     out_fs_error(x, UV_EIO, "write to it");
     return 0;
   }

@@ -416,6 +416,39 @@ describe("fetch", function()
       assert.matches("^json: ", jerr)
     end)
 
+    it("writes to a pipe, pausing the transfer while a slow reader catches up", function()
+      local fifo = dir .. "/" .. key("fifo")
+      local got = fifo .. ".out"
+      assert.is_true(os.execute("mkfifo " .. fifo))
+      local reader = [[
+import sys, time
+src, dst = open(sys.argv[1], "rb"), open(sys.argv[2], "wb")
+while True:
+    b = src.read(1 << 20)
+    if not b: break
+    dst.write(b); dst.flush(); time.sleep(0.05)
+]]
+      os.execute(("/usr/bin/python3 -c %s %s %s &"):format(H.shell_quote(reader), fifo, got))
+      local t0 = ah.now()
+      local res, err = fetch(O .. "/big?n=8000000&chunked=1", {output = fifo})
+      local elapsed = ah.now() - t0
+      assert.is_nil(err)
+      assert.equal(8000000, res.size)
+      -- it could not end before the reader took all but what is buffered
+      assert.is_true(elapsed >= 0.2, "ended after " .. elapsed .. " s")
+      local n
+      local deadline = ah.now() + 10
+      repeat
+        sleep(0.05)
+        local f = io.open(got, "rb")
+        n = f and f:seek("end")
+        if f then f:close() end
+      until n == 8000000 or ah.now() > deadline
+      assert.equal(8000000, n)
+      os.remove(fifo)
+      os.remove(got)
+    end)
+
     it("fails with io: when the file cannot be opened", function()
       local res, err = fetch(O .. "/ping", {output = dir .. "/no/such/dir/file"})
       assert.is_nil(res)
