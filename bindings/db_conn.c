@@ -13,6 +13,7 @@
 ** requests (PQcancel blocks) run on the thread pool too.
 */
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -1356,6 +1357,33 @@ static void process(db_conn *c) {
   if (c->state == DB_C_READY) take_notes(c);
 }
 
+/* Whether OpenSSL holds decrypted bytes libpq has not read yet. libpq
+   reads at most its buffer's room per call; what is left of a TLS record
+   stays inside OpenSSL, where no poller sees it (a known hang of async
+   libpq clients with servers that send big records). OpenSSL is the one
+   libpq loaded: its SSL_pending is looked up at run time. */
+static int ssl_pending(db_conn *c) {
+  static int looked;
+  static int (*pending)(const void *);
+  void *ssl;
+  if (!PQsslInUse(c->pg)) return 0;
+  if (!looked) {
+    looked = 1;
+    *(void **)&pending = dlsym(RTLD_DEFAULT, "SSL_pending");
+  }
+  ssl = pending ? PQsslStruct(c->pg, "OpenSSL") : NULL;
+  return ssl && pending(ssl) > 0;
+}
+
+/* PQconsumeInput, and again while OpenSSL holds more. 0: broken. */
+static int consume(db_conn *c) {
+  int rounds = 0;
+  do {
+    if (!PQconsumeInput(c->pg)) return 0;
+  } while (++rounds < 64 && ssl_pending(c));
+  return 1;
+}
+
 static void on_poll(uv_poll_t *p, int status, int events) {
   db_conn *c = p->data;
   db_conn_ref(c);
@@ -1369,8 +1397,7 @@ static void on_poll(uv_poll_t *p, int status, int events) {
                                       : PQerrorMessage(c->pg));
     else {
       if (events & UV_WRITABLE) flush(c);
-      if (c->state == DB_C_READY && (events & UV_READABLE) &&
-          !PQconsumeInput(c->pg))
+      if (c->state == DB_C_READY && (events & UV_READABLE) && !consume(c))
         broken(c, PQerrorMessage(c->pg));
       if (c->state == DB_C_READY) process(c);
       if (c->state == DB_C_READY) pump(c);

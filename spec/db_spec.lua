@@ -802,6 +802,42 @@ describe("LISTEN/NOTIFY", function()
   end)
 end)
 
+describe("TLS", function()
+  after_each(function() H.assert_clean() end)
+
+  it("connects, pipelines and reads big results over TLS", function()
+    local c <close> = assert(db.connect(H.env("AH_TEST_PGTLS")))
+    local r = assert(c:query("select ssl, version from pg_stat_ssl "
+      .. "where pid = pg_backend_pid()"))[1]
+    assert.is_true(r.ssl)
+    assert.matches("^TLS", r.version)
+    -- results far bigger than a TLS record, many tasks at once
+    local sizes = {1, 100, 7000, 8191, 8192, 8193, 16384, 20000, 100000, 1000000}
+    local got = gather(sizes, function(n)
+      return #c:query("select repeat('x', $1::int) as s", n)[1].s
+    end)
+    for i, n in ipairs(sizes) do assert.are.equal(n, got[i]) end
+    local rows = assert(c:query(
+      "select g, md5(g::text) as h from generate_series(1, 20000) g"))
+    assert.are.equal(20000, #rows)
+    assert.are.equal("c4ca4238a0b923820dcc509a6f75849b", rows[1].h)
+    local list = {}
+    for i = 1, 5000 do list[i] = {i, string.rep("y", i % 300)} end
+    c:query("create temp table t (a int, b text)")
+    assert.are.equal(5000, c:copy_in("copy t from stdin", list))
+  end)
+
+  it("cancels a query over TLS", function()
+    local c <close> = assert(db.connect(H.env("AH_TEST_PGTLS")))
+    local t0 = now()
+    local r, err = timeout(0.2, c.query, c, "select pg_sleep(10)")
+    assert.is_nil(r)
+    assert.matches("^timeout:", err)
+    assert.are.equal(1, c:query("select 1 as x")[1].x)
+    assert.is_true(now() - t0 < 5)
+  end)
+end)
+
 describe("db.pool", function()
   after_each(function() H.assert_clean() end)
 
