@@ -38,8 +38,9 @@ How fast (be polite to sites that are not yours):
 Output:
   -o, --out FILE         write one JSON object per page, flushed per line:
                          url, status, title, links, bytes, ms, depth, error
-  -q, --quiet            no line per page on stdout
-      --no-progress      no progress bar on stderr
+  -q, --quiet            no line per page on stdout; a progress bar on stderr
+                         instead (a line every few seconds when not a terminal)
+      --no-progress      no progress bar with --quiet
 
 A crawl shared through PostgreSQL (see docs/crawl.md):
       --frontier DSN     keep the frontier and results in PostgreSQL; every
@@ -176,7 +177,8 @@ local ok, stats = pcall(crawl.run, {
   lease = o.lease,
   worker = o.worker,
   reset = o.reset,
-  progress = not o["no-progress"],
+  -- the page lines are the progress; a bar redrawn under them would garble both
+  progress = quiet and not o["no-progress"],
   on_page = not quiet and function(rec)
     print(("%s  %s%s"):format(rec.status or "ERR", rec.url,
                               rec.error and ("  " .. rec.error) or rec.title and ("  " .. rec.title) or ""))
