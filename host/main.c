@@ -8,9 +8,8 @@
 
 #include "internal.h"
 
-/* The --workers supervisor. It is compiled here until CMakeLists.txt
-   lists host/workers.c with the CLI's sources. */
-#include "workers.c"
+/* The --workers supervisor (host/workers.c). */
+int ah_workers_main(int n, int argc, char **argv, int skip, int nskip);
 
 static const char *progname = "asynchost";
 
