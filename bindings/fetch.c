@@ -592,6 +592,8 @@ static int l_stats(lua_State *L) {
   lua_setfield(L, -2, "idle_handles");
   lua_pushinteger(L, (lua_Integer)e->stale_fds);
   lua_setfield(L, -2, "stale_fds");
+  lua_pushboolean(L, e->async_dns);
+  lua_setfield(L, -2, "async_dns");
   return 1;
 }
 

@@ -996,10 +996,21 @@ static void on_alive(uv_async_t *a) {
 }
 
 int fetch_engine_ready(fetch_engine *e, char *err, size_t errlen) {
+  static int warned;
+  const curl_version_info_data *v;
   if (e->multi) return 0;
   if (e->closed) {
     snprintf(err, errlen, "the host is closing");
     return -1;
+  }
+  v = curl_version_info(CURLVERSION_NOW);
+  e->async_dns = (v->features & CURL_VERSION_ASYNCHDNS) != 0;
+  if (!e->async_dns && !warned) {
+    warned = 1; /* once per process: all hosts share the libcurl */
+    fprintf(stderr,
+            "asynchost: libcurl %s has no asynchronous resolver: "
+            "name lookups block the loop\n",
+            v->version);
   }
   if (!e->timer && !(e->timer = malloc(sizeof *e->timer))) goto oom;
   if (!e->alive && !(e->alive = malloc(sizeof *e->alive))) goto oom;

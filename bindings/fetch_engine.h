@@ -84,6 +84,7 @@ struct fetch_engine {
   int running;      /* easy handles in the multi */
   int maxconnects;  /* connection cache size: twice the peak of running */
   int closed;
+  int async_dns; /* libcurl resolves off the loop (AsynchDNS) */
   /* limits on requests in flight; 0 = unlimited */
   long per_host, total;
   long active;

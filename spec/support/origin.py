@@ -31,6 +31,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def do_GET(self):
+        # every route reads the request body, so keep-alive stays in step
+        n = int(self.headers.get("Content-Length") or 0)
+        self.body = self.rfile.read(n) if n else b""
         if self.path.startswith("http://"):  # asked as a forward proxy
             return proxied(self)
         url = urllib.parse.urlsplit(self.path)
@@ -57,8 +60,7 @@ def ping(h, url, q):
 
 
 def echo(h, url, q):
-    n = int(h.headers.get("Content-Length") or 0)
-    body = h.rfile.read(n).decode("utf-8", "replace") if n else ""
+    body = h.body.decode("utf-8", "replace")
     h.send_body(200, json.dumps({
         "method": h.command,
         "path": h.path,
@@ -73,9 +75,6 @@ def delay(h, url, q):
 
 
 def proxied(h):
-    n = int(h.headers.get("Content-Length") or 0)
-    if n:
-        h.rfile.read(n)
     h.send_body(200, "proxied " + h.command + " " + h.path)
 
 
@@ -190,6 +189,12 @@ def badjson(h, url, q):
     h.send_body(200, "{not json", "application/json")
 
 
+def empty(h, url, q):
+    """Closes the connection without a word."""
+    h.close_connection = True
+    h.connection.shutdown(socket.SHUT_RDWR)
+
+
 def status(h, url, q):
     h.send_body(int(q.get("code", "200")), "status " + q.get("code", "200"))
 
@@ -200,6 +205,7 @@ ROUTES = {
     "/truncate": truncate, "/big": big, "/flaky": flaky,
     "/flaky-count": flaky_count, "/gzip": gzipped, "/cookies": cookies,
     "/json": json_route, "/badjson": badjson, "/status": status,
+    "/empty": empty,
 }
 PREFIX_ROUTES = []
 
