@@ -246,7 +246,8 @@ struct db_pool {
   db_list waiters;
   uv_timer_t *idle_timer;
   int closed, refs;
-  int kicking, rekick; /* kick() is running / must run again */
+  int kicking, rekick;      /* kick() is running / must run again */
+  uint64_t no_growth_until; /* uv_now: a connection just failed to open */
 };
 
 db_pool *db_pool_new(db_host *dh, const char *dsn, int size, int pipeline,

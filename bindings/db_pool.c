@@ -126,9 +126,15 @@ static void on_idle_timer(uv_timer_t *t) {
   db_pool_unref(p);
 }
 
-/* The connection that should take a request: the least busy ready one
-   with room in its pipeline. A lease takes an idle connection, or waits
-   for a new one while the pool may grow, or else the least busy. */
+static int can_grow(db_pool *p) {
+  return !p->closed && p->nconns < p->size &&
+         uv_now(ah_host_loop(p->dh->host)) >= p->no_growth_until;
+}
+
+/* The connection that should take a request: an idle one; else none
+   while the pool may grow or is opening connections (the request waits
+   for its own, as in any pool); else, the pool being full, the least busy
+   one with room in its pipeline (a lease: the least busy). */
 static db_conn *pick(db_pool *p, int excl) {
   db_conn *best = NULL;
   int i, bestload = INT_MAX;
@@ -141,7 +147,7 @@ static db_conn *pick(db_pool *p, int excl) {
       bestload = c->nops;
     }
   }
-  if (excl && best && bestload > 0 && p->nconns < p->size) return NULL;
+  if (best && bestload > 0 && (can_grow(p) || p->nconnecting > 0)) return NULL;
   return best;
 }
 
@@ -196,8 +202,7 @@ static void kick(db_pool *p) {
       w->pool = NULL;
       give(p, c, w);
     }
-    while (!p->closed && p->waiters.n > p->nconnecting && p->nconns < p->size)
-      grow(p);
+    while (p->waiters.n > p->nconnecting && can_grow(p)) grow(p);
   } while (p->rekick);
   p->kicking = 0;
   db_pool_unref(p);
@@ -211,16 +216,19 @@ void db_pool_submit(db_pool *p, db_op *op) {
     return;
   }
   if (p->waiters.n == 0 && (c = pick(p, op->kind == DB_LEASE)) != NULL) {
-    int busy = c->nops > 0;
     give(p, c, op);
-    /* everyone is busy: open one more for what comes next */
-    if (busy && p->nconns < p->size && p->nconnecting == 0) grow(p);
     return;
   }
   op->pool = p;
   op->state = DB_POOLWAIT;
   db_list_push(&p->waiters, op);
   kick(p);
+}
+
+static int ready_conns(db_pool *p) {
+  int i, n = 0;
+  for (i = 0; i < p->nconns; i++) n += p->conns[i]->state == DB_C_READY;
+  return n;
 }
 
 static void on_conn_event(db_conn *c, int event) {
@@ -245,8 +253,11 @@ static void on_conn_event(db_conn *c, int event) {
     p->nconnecting--;
     db_conn_ref(c);
     drop(p, c);
-    /* the first in line learns why; the others get another try */
-    if ((w = db_list_pop(&p->waiters)) != NULL) {
+    if (ready_conns(p) > 0) {
+      /* the others serve meanwhile; try growing again in a while */
+      p->no_growth_until = uv_now(ah_host_loop(p->dh->host)) + 1000;
+    } else if ((w = db_list_pop(&p->waiters)) != NULL) {
+      /* the first in line learns why; the next gets another try */
       w->err = db_strdup(c->error ? c->error : "connect: failed");
       db_op_complete(w);
     }

@@ -867,6 +867,32 @@ describe("db.pool", function()
     p:close()
   end)
 
+  it("gives slow queries connections of their own while it can grow",
+    function()
+      local p = db.pool{dsn = DSN, size = 2}
+      local pids = gather({1, 2}, function()
+        return p:query("select pg_backend_pid() as pid, pg_sleep(0.2)")[1].pid
+      end)
+      assert.are_not.equal(pids[1], pids[2])
+      p:close()
+    end)
+
+  it("keeps serving when one more connection cannot be opened", function()
+    admin("create role ah_limited login connection limit 1")
+    finally(function() admin("drop role ah_limited") end)
+    local p = db.pool{dsn = string.format(
+      "postgresql://ah_limited@127.0.0.1:%s/postgres", PORT), size = 3}
+    assert(p:query("select 1")) -- one connection: the role's limit
+    local rows = gather({1, 2, 3, 4}, function(i)
+      local r, err = p:query("select $1::int as i, pg_sleep(0.05)", i)
+      assert(r, err)
+      return r[1].i
+    end)
+    assert.are.same({1, 2, 3, 4, n = 4}, rows)
+    assert.are.equal(1, p:stats().open)
+    p:close()
+  end)
+
   it("spreads work over its connections when each holds a lease", function()
     local p = db.pool{dsn = DSN, size = 4}
     local fns = {}
