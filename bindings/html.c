@@ -832,7 +832,7 @@ static void css_pseudo(css *c) {
   else if (strcmp(name, "only-child") == 0)
     out(c, "[not(preceding-sibling::*) and not(following-sibling::*)]");
   else if (strcmp(name, "empty") == 0)
-    out(c, "[not(node())]");
+    out(c, "[not(*) and not(text())]"); /* comments do not count */
   else if (strcmp(name, "nth-child") == 0) {
     long n = 0;
     int digits = 0;

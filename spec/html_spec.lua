@@ -193,10 +193,58 @@ describe("doc:select", function()
     assert.same({"News"}, texts(doc:select("li:nth-child(2) a")))
     assert.same({"ul"}, tags(doc:select("nav > :only-child")))
     assert.same({"img", "circle", "input"}, tags(doc:select("main :empty")))
+    assert.same({"p"}, tags(html.parse("<p><!-- only a comment --></p><p> </p>"):select(":empty")))
   end)
 
   it("returns a list of selectors in document order, each node once", function()
     assert.same({"h2", "h2", "table", "form"}, tags(doc:select("form, table, h2, article > h2")))
+  end)
+
+  it("selects what soupsieve (BeautifulSoup's CSS engine) selects on the same tree", function()
+    local sels = {"a", "li a", "nav > ul > li", "li.item", ".story.featured", "#top",
+                  "[data-id]", "a[href^='/']", "a[href$='.html']", "a[href*=example]",
+                  "li[class~=last]", "html[lang|=en]", "h2 + p", "p ~ img",
+                  "tr > td:first-child", "td:last-child", "li:nth-child(2)", ":empty",
+                  "svg > *", "form *", "a, area", "body > * > *", "ul:only-child",
+                  "*:first-child > a", "[title]", [[a[title='Say "hi"'] ]], "td ~ td",
+                  "tr + tr td", "main article:last-child h2", "ARTICLE.story"}
+    local page, list = os.tmpname(), os.tmpname()
+    local f = assert(io.open(page, "w"))
+    f:write(PAGE)
+    f:close()
+    f = assert(io.open(list, "w"))
+    f:write(table.concat(sels, "\n"), "\n")
+    f:close()
+    -- bs4 with the "lxml" tree builder gets libxml2's tree, so this compares
+    -- only the selector engines: ours (CSS -> XPath) and soupsieve
+    local py = [[
+import sys, bs4
+s = bs4.BeautifulSoup(open(sys.argv[1]).read(), "lxml")
+every = s.find_all(True)
+for sel in open(sys.argv[2]).read().splitlines():
+    print(" ".join(str(next(i for i, e in enumerate(every) if e is g)) for g in s.select(sel)))
+]]
+    local pipe = assert(io.popen("/usr/bin/python3 -c " .. H.shell_quote(py) .. " " .. page .. " " .. list))
+    local theirs = {}
+    for line in pipe:lines() do theirs[#theirs + 1] = line end
+    pipe:close()
+    os.remove(page)
+    os.remove(list)
+    assert.equal(#sels, #theirs)
+    local doc = html.parse(PAGE)
+    local every = doc:xpath("//*")
+    for i, sel in ipairs(sels) do
+      local idx = {}
+      for _, n in ipairs(doc:select(sel)) do
+        for j, m in ipairs(every) do
+          if m == n then
+            idx[#idx + 1] = j - 1
+            break
+          end
+        end
+      end
+      assert.equal(theirs[i], table.concat(idx, " "), sel)
+    end
   end)
 
   it("selects relative to a node", function()
