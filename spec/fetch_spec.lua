@@ -258,6 +258,19 @@ describe("fetch", function()
       assert.has_error(function() blocker:wait() end)
     end)
 
+    it("drops a queued request from the queue when it is cancelled", function()
+      fetch.config{per_host = 1}
+      local blocker = spawn(function() return fetch(O .. "/hang") end)
+      sleep(0.05)
+      local res, err = timeout(0.1, fetch, O .. "/ping")
+      assert.is_nil(res)
+      assert.matches("^timeout", err)
+      assert.equal(0, fetch.stats().queued)
+      assert.equal(1, ah.stats().fetch)
+      blocker:cancel()
+      fetch.config{per_host = 0}
+    end)
+
     it("raises for bad limits", function()
       assert.has_error(function() fetch.config{per_host = -1} end)
       assert.has_error(function() fetch.config{total = "x"} end)
@@ -319,6 +332,14 @@ describe("fetch", function()
       assert.matches("boom", err)
       assert.is_true(ah.now() - t0 < 2)
       assert.equal(0, ah.stats().fetch)
+    end)
+
+    it("works inside a coroutine.wrap generator within a task", function()
+      local gen = coroutine.wrap(function()
+        for _, path in ipairs({"/ping", "/big?n=3"}) do coroutine.yield(fetch(O .. path).body) end
+      end)
+      assert.equal("pong", gen())
+      assert.equal("xxx", gen())
     end)
 
     it("cannot suspend inside a table.sort comparator, and says so", function()
