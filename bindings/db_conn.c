@@ -978,29 +978,40 @@ static void flush(db_conn *c) {
 }
 
 /* Statements queued in one loop turn (by many tasks) leave together:
-   libpq writes each with its Sync at once, so the TCP socket is corked
-   while the turn runs and uncorked before the loop waits. On loopback
-   this saves the kernel a round of packet work per statement. */
-static void uncork_all(db_host *dh) {
+   libpq writes each with its Sync at once, so when a second statement
+   follows the first in the same turn, the TCP socket is corked until the
+   loop is about to wait. On loopback this saves the kernel a round of
+   packet work per statement; a lone statement goes out at once. */
+static void end_turn(db_host *dh) {
   db_conn *c;
-  while ((c = dh->corked) != NULL) {
+  while ((c = dh->touched) != NULL) {
     int off = 0;
-    dh->corked = c->next_corked;
-    c->corked = 0;
-    if (c->state == DB_C_READY)
+    dh->touched = c->next_touched;
+    c->touched = 0;
+    if (c->corked && c->state == DB_C_READY)
       setsockopt(c->fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+    c->corked = 0;
     db_conn_unref(c);
   }
 }
 
 static void on_uncork(uv_prepare_t *p) {
-  db_host *dh = p->data;
-  uncork_all(dh);
+  end_turn(p->data);
   uv_prepare_stop(p);
 }
 
-static void cork(db_conn *c) {
+/* Before a statement is written: the first of the turn goes as it is,
+   the next ones cork the socket. */
+static void before_send(db_conn *c) {
   int on = 1;
+  if (!c->touched) {
+    c->touched = 1;
+    c->next_touched = c->dh->touched;
+    c->dh->touched = c;
+    db_conn_ref(c);
+    uv_prepare_start(c->dh->uncork, on_uncork);
+    return;
+  }
   if (c->corked || c->cork < 0) return;
   if (c->cork == 0) {
     struct sockaddr_storage ss;
@@ -1011,15 +1022,10 @@ static void cork(db_conn *c) {
                   : -1;
     if (c->cork < 0) return;
   }
-  if (setsockopt(c->fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) != 0) {
+  if (setsockopt(c->fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) != 0)
     c->cork = -1;
-    return;
-  }
-  c->corked = 1;
-  c->next_corked = c->dh->corked;
-  c->dh->corked = c;
-  db_conn_ref(c);
-  uv_prepare_start(c->dh->uncork, on_uncork);
+  else
+    c->corked = 1;
 }
 
 /* Sends what is queued, in order, as far as the connection lets it: a
@@ -1055,7 +1061,7 @@ static void pump(db_conn *c) {
       sent = 1;
       break;
     }
-    if (!sent) cork(c);
+    before_send(c);
     if (!send_pipelined(c, op)) {
       broken(c, PQerrorMessage(c->pg));
       return;
@@ -1684,7 +1690,7 @@ static void on_uncork_closed(uv_handle_t *h) {
 void db_host_close(db_host *dh) {
   db_conn *c, *next;
   dh->closed = 1;
-  uncork_all(dh);
+  end_turn(dh);
   dh->refs++;
   ah_host_close_handle(dh->host, (uv_handle_t *)dh->uncork, on_uncork_closed);
   while (dh->pools) db_pool_close(dh->pools);

@@ -142,9 +142,9 @@ struct db_conn {
   db_op *cancel_target; /* a cancel request was sent for it */
   int cancelling;       /* the cancel request is in the thread pool */
   int want_write;
-  int cork;             /* 1: TCP, may be corked; -1: cannot */
-  db_conn *next_corked; /* on dh->corked while corked */
-  int corked;
+  int cork;              /* 1: TCP, may be corked; -1: cannot */
+  db_conn *next_touched; /* on dh->touched: sent this loop turn */
+  int touched, corked;
   const char **scratch_vals; /* parameter arrays for libpq, reused */
   int *scratch_lens, *scratch_fmts, scratch_cap;
   int copy_out; /* draining a COPY TO STDOUT nobody asked for */
@@ -174,7 +174,7 @@ struct db_host {
   int refs;
   int closed;
   uv_prepare_t *uncork; /* once per loop turn, before it waits */
-  db_conn *corked;      /* connections holding back a turn's statements */
+  db_conn *touched;     /* connections that sent in this turn */
 };
 
 /* ---- db_conn.c ---------------------------------------------------------- */
