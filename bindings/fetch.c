@@ -303,8 +303,7 @@ static void apply_opts(fetch_xfer *x, const char *url, const req_opts *o) {
     curl_easy_setopt(c, CURLOPT_PIPEWAIT, 1L); /* wait to multiplex (h2) */
 }
 
-/* ---- the URL ----------------------------------------------------------------
- */
+/* ---- the URL ------------------------------------------------------------- */
 
 /* Checks that url is an absolute http(s) URL; on success sets *hostkey
    (malloc'd "host:port") if want_key. Returns NULL or a reason. */
@@ -340,8 +339,7 @@ static const char *check_url(const char *url, int want_key, char **hostkey) {
   return why;
 }
 
-/* ---- the response
- * --------------------------------------------------------------- */
+/* ---- the response -------------------------------------------------------- */
 
 /* Pushes the headers of the final response: lower-case names, repeats
    joined with ", ", set-cookie a list. */
@@ -501,8 +499,7 @@ static int res_json(lua_State *L) {
   return lua_gettop(L) - top;
 }
 
-/* ---- config and stats
- * ------------------------------------------------------------- */
+/* ---- config and stats ---------------------------------------------------- */
 
 static lua_Integer limit_value(lua_State *L, const char *name) {
   lua_Integer v;

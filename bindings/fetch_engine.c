@@ -89,8 +89,7 @@ static void running_add(fetch_engine *e, int delta) {
   if (was > 0 && e->running == 0) uv_unref((uv_handle_t *)e->alive);
 }
 
-/* ---- sockets --------------------------------------------------------------
- */
+/* ---- sockets ------------------------------------------------------------- */
 
 static fetch_sock *sock_get(fetch_engine *e, curl_socket_t fd) {
   return fd >= 0 && (size_t)fd < e->nsocks ? e->socks[fd] : NULL;
@@ -262,8 +261,7 @@ static int close_socket(void *clientp, curl_socket_t fd) {
   return close(fd);
 }
 
-/* ---- the timer --------------------------------------------------------------
- */
+/* ---- the timer ----------------------------------------------------------- */
 
 static void on_timeout(uv_timer_t *t) {
   fetch_engine *e = t->data;
@@ -283,8 +281,7 @@ static int on_timer(CURLM *multi, long ms, void *userp) {
   return 0;
 }
 
-/* ---- per-host slots and the wait queue
- * --------------------------------------- */
+/* ---- per-host slots and the wait queue ----------------------------------- */
 
 static unsigned hash_key(const char *s) {
   unsigned h = 2166136261u;
@@ -395,8 +392,7 @@ static void slot_give(fetch_engine *e, fetch_xfer *x) {
   if (e->wait_head && !e->closed) pump(e);
 }
 
-/* ---- output files ----------------------------------------------------------
- */
+/* ---- output files -------------------------------------------------------- */
 
 void fetch_xfer_fail(fetch_xfer *x, int kind, const char *fmt, ...) {
   va_list ap;
@@ -586,8 +582,7 @@ static size_t out_write(fetch_xfer *x, const char *p, size_t n) {
   return n;
 }
 
-/* ---- transfers
- * ------------------------------------------------------------------- */
+/* ---- transfers ----------------------------------------------------------- */
 
 static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
   fetch_xfer *x = ud;
@@ -913,8 +908,7 @@ int fetch_xfer_error(fetch_xfer *x, const char **detail) {
   }
 }
 
-/* ---- the engine
- * ------------------------------------------------------------------ */
+/* ---- the engine ---------------------------------------------------------- */
 
 static void engine_free_if_done(fetch_engine *e) {
   fetch_slot *sl;
