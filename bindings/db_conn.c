@@ -1367,18 +1367,12 @@ static void process(db_conn *c) {
    reads at most its buffer's room per call; what is left of a TLS record
    stays inside OpenSSL, where no poller sees it (a known hang of async
    libpq clients with servers that send big records). OpenSSL is the one
-   libpq loaded: its SSL_pending is looked up at run time. */
+   libpq loaded: its SSL_pending is looked up when the host starts. */
 static int ssl_pending(db_conn *c) {
-  static int looked;
-  static int (*pending)(const void *);
   void *ssl;
-  if (!PQsslInUse(c->pg)) return 0;
-  if (!looked) {
-    looked = 1;
-    *(void **)&pending = dlsym(RTLD_DEFAULT, "SSL_pending");
-  }
-  ssl = pending ? PQsslStruct(c->pg, "OpenSSL") : NULL;
-  return ssl && pending(ssl) > 0;
+  if (!c->dh->ssl_pending || !PQsslInUse(c->pg)) return 0;
+  ssl = PQsslStruct(c->pg, "OpenSSL");
+  return ssl && c->dh->ssl_pending(ssl) > 0;
 }
 
 /* PQconsumeInput, and again while OpenSSL holds more. 0: broken. */
@@ -1670,6 +1664,7 @@ db_host *db_host_new(ah_host *h) {
   db_host *dh = db_alloc(sizeof *dh);
   dh->host = h;
   dh->refs = 1;
+  *(void **)&dh->ssl_pending = dlsym(RTLD_DEFAULT, "SSL_pending");
   dh->uncork = db_alloc(sizeof *dh->uncork);
   uv_prepare_init(ah_host_loop(h), dh->uncork);
   dh->uncork->data = dh;

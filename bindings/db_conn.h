@@ -173,8 +173,9 @@ struct db_host {
   db_pool *pools;
   int refs;
   int closed;
-  uv_prepare_t *uncork; /* once per loop turn, before it waits */
-  db_conn *touched;     /* connections that sent in this turn */
+  uv_prepare_t *uncork;             /* once per loop turn, before it waits */
+  db_conn *touched;                 /* connections that sent in this turn */
+  int (*ssl_pending)(const void *); /* OpenSSL's, if libpq loaded it */
 };
 
 /* ---- db_conn.c ---------------------------------------------------------- */
