@@ -131,6 +131,8 @@ static void parse_after(uv_work_t *req, int status) {
   parse_op *op = req->data;
   (void)status;
   ah_host_count(op->host, "html.parse", -1);
+  free(op->buf);
+  op->buf = NULL;
   if (!op->task) { /* cancelled: nobody waits */
     parse_op_free(op);
     return;
@@ -158,6 +160,18 @@ static int parse_k(lua_State *L, int status, lua_KContext ctx) {
   return 1;
 }
 
+/* opts[name]: a string (kept alive by the table), nil, or an error. */
+static const char *opt_string(lua_State *L, int idx, const char *name) {
+  const char *s = NULL;
+  int t = lua_getfield(L, idx, name);
+  if (t == LUA_TSTRING)
+    s = lua_tostring(L, -1);
+  else if (t != LUA_TNIL)
+    luaL_error(L, "html.parse: opts.%s must be a string", name);
+  lua_pop(L, 1);
+  return s;
+}
+
 /* html.parse(s [, opts | base_url]) -> doc */
 static int l_parse(lua_State *L) {
   size_t len;
@@ -168,11 +182,8 @@ static int l_parse(lua_State *L) {
   if (lua_type(L, 2) == LUA_TSTRING)
     base = lua_tostring(L, 2);
   else if (lua_type(L, 2) == LUA_TTABLE) {
-    lua_getfield(L, 2, "base_url");
-    base = luaL_optstring(L, -1, NULL);
-    lua_getfield(L, 2, "encoding");
-    encname = luaL_optstring(L, -1, NULL);
-    lua_pop(L, 2); /* the table keeps both strings alive */
+    base = opt_string(L, 2, "base_url");
+    encname = opt_string(L, 2, "encoding");
   } else if (!lua_isnoneornil(L, 2))
     luaL_typeerror(L, 2, "table or string");
   lua_settop(L, 2);

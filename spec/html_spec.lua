@@ -146,6 +146,7 @@ describe("html.parse", function()
     assert.has_error(function() html.parse({}) end)
     assert.has_error(function() html.parse("<p>", 42) end)
     assert.has_error(function() html.parse("<p>", {encoding = {}}) end)
+    assert.has_error(function() html.parse("<p>", {base_url = 42}) end, "html.parse: opts.base_url must be a string")
   end)
 end)
 
