@@ -391,6 +391,13 @@ class Bench:
                     for s in systems}
 
 
+def sanitizer_report(text):
+    """A sanitizer's report in a process's output (an ASan build of
+    asynchost can be measured too: bench/run --build build-asan)."""
+    m = re.search(r"(ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:).*", text or "")
+    return "sanitizer: " + m.group(0)[:300] if m else None
+
+
 def check_ok(p, b):
     r = p.result
     if r is None:
@@ -498,7 +505,7 @@ class Runner:
                 argv = s.argv() if callable(s.argv) else s.argv
                 p = run_proc(argv, pin=self.pin(s.pin) if s.pin is not None else None,
                              timeout=120 if self.smoke else 600)
-                err = p.fail_reason() or (s.check or check_ok)(p, b)
+                err = p.fail_reason() or sanitizer_report(p.err) or (s.check or check_ok)(p, b)
                 if not err and s.after:
                     err = s.after(p)
                 if err:
@@ -809,6 +816,11 @@ class Runner:
                 finally:
                     if srv is not None:
                         srv.stop()
+                        why = sanitizer_report(srv.log_tail(100000))
+                        if why and not benches["hello"].res[name]["fail"]:
+                            for b in benches.values():
+                                b.res[name]["fail"] = why
+                            self.failures.append("server / %s: %s" % (name, why))
         for b in benches.values():
             self.benches.append(b)
 
@@ -907,10 +919,10 @@ class ServerProc:
                 return "%s %s answered %s %r" % (self.name, path, st, body[:200])
         return None
 
-    def log_tail(self):
+    def log_tail(self, n=400):
         try:
             with open(self.logpath) as f:
-                return f.read()[-400:]
+                return f.read()[-n:]
         except OSError:
             return ""
 
