@@ -1218,7 +1218,12 @@ describe("the db scripts", function()
   after_each(function() H.assert_clean() end)
 
   it("db_demo.lua inserts and reads users concurrently", function()
-    local out, err, code = H.run({"scripts/db_demo.lua", DSN, "--users", "300",
+    -- a database of its own: the users table is scripts/api.lua's too
+    admin("drop database if exists ah_db_demo")
+    admin("create database ah_db_demo")
+    finally(function() admin("drop database ah_db_demo with (force)") end)
+    local demo = DSN:gsub("/postgres$", "/ah_db_demo")
+    local out, err, code = H.run({"scripts/db_demo.lua", demo, "--users", "300",
       "--concurrency", "50"})
     assert.are.equal(0, code, err)
     assert.matches("inserted 300 users in", out)
