@@ -1129,7 +1129,7 @@ def versions(ah):
         except (OSError, IndexError, subprocess.TimeoutExpired):
             return "n/a"
     v = {
-        "asynchost": out([ah, "-v"]),
+        "asynchost": out([ah, "-v"]) + (" at %s" % os.environ["BENCH_REV"] if os.environ.get("BENCH_REV") else ""),
         "python3": out([PY, "--version"]),
         "node": out([NODE, "--version"]),
         "nginx": out(["nginx", "-v"]),
