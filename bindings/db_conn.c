@@ -377,7 +377,10 @@ static char *connect_error(db_conn *c) {
       r = db_strfmt("db: %s (SQLSTATE %s)", s, state);
     else
       r = db_strfmt("db: %s", s);
-  } else
+  } else if (c->dns_error) /* other hosts did not even resolve */
+    r = db_strfmt("connect: %s; %s", *s ? s : "could not connect",
+                  c->dns_error);
+  else
     r = db_strfmt("connect: %s", *s ? s : "could not connect");
   free(s);
   return r;

@@ -126,6 +126,20 @@ describe("db.connect", function()
       .. '"/nonexistent/dir/%.s%.PGSQL%.5432" failed: No such file', err)
   end)
 
+  it("tries every host of a list, resolving names off the loop", function()
+    local c <close> = assert(db.connect(string.format(
+      "host=no-such-host.invalid,localhost,127.0.0.1 port=%s,1,%s "
+        .. "user=postgres dbname=postgres", PORT, PORT)))
+    assert.are.equal(tonumber(PORT),
+      c:query("select inet_server_port() as p")[1].p)
+    local bad, err = db.connect(
+      "host=127.0.0.1,no-such-host.invalid port=1,2 user=x")
+    assert.is_nil(bad)
+    assert.matches('^connect: connection to server at "127%.0%.0%.1", port 1 '
+      .. 'failed: .*; dns: could not resolve host "no%-such%-host%.invalid"',
+      err)
+  end)
+
   it("returns dns: for a host name that does not resolve", function()
     local c, err = db.connect("host=no-such-host.invalid user=x")
     assert.is_nil(c)
