@@ -467,6 +467,9 @@ describe("a crawl shared through PostgreSQL", function()
     local held
     repeat
       w1.signal("STOP")
+      -- queries w1 sent before it stopped still run on the server: let
+      -- them land before reading what it holds
+      ah.sleep(0.3)
       held = q([[SELECT url FROM crawl_frontier
                   WHERE crawl = $1 AND worker = 'w1' AND state = 'leased']], id)
       if #held == 0 then

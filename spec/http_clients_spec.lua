@@ -488,9 +488,14 @@ describe("scripts/api.lua", function()
   setup(function()
     local port = free_port()
     local base = TMP .. "/api"
+    -- a database of its own: other specs and scripts use a users table too
+    local dbname = "api_spec_" .. math.random(1, 1e9)
+    assert(os.execute(("psql -q %s -c %s >/dev/null"):format(q(H.env("AH_TEST_PG")),
+      q("create database " .. dbname))))
+    local dsn = H.env("AH_TEST_PG"):gsub("/[^/]*$", "/" .. dbname)
     -- (timeout: a server an aborted run leaves behind does not live on)
     os.execute(("(DATABASE_URL=%s timeout 120 %s scripts/api.lua %d >%s 2>&1 & echo $! >%s; "
-      .. "wait $!; echo $? >%s) &"):format(q(H.env("AH_TEST_PG")), q(BIN), port,
+      .. "wait $!; echo $? >%s) &"):format(q(dsn), q(BIN), port,
       q(base .. ".log"), q(base .. ".pid"), q(base .. ".status")))
     srv = {log = base .. ".log", status_file = base .. ".status",
       url = "http://127.0.0.1:" .. port}
