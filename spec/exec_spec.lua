@@ -485,3 +485,155 @@ time.sleep(60)
     assert.has_error(function() net.probe("localhost", 80, 0) end)
   end)
 end)
+
+-- The ops scripts, run as a user runs them: a separate asynchost process.
+local function script(name, args, opts)
+  local argv = {H.env("AH_TEST_BIN"), "scripts/ops/" .. name}
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  opts = opts or {}
+  opts.timeout = opts.timeout or 30
+  opts.env = opts.env or {}
+  opts.env.ASYNCHOST_LOG = opts.env.ASYNCHOST_LOG or "warn"
+  return assert(exec(argv, opts))
+end
+
+describe("scripts/ops/parallel.lua", function()
+  after_each(function() H.assert_clean() end)
+
+  it("runs the command once per input, never more than --jobs at once", function()
+    local log = tmpname("jobs.log")
+    local res = script("parallel.lua", {"-j", "3", "sh", "-c",
+      'echo "+ $1" >> "$2"; sleep 0.1; echo "- $1" >> "$2"', "sh", "{}", log,
+      ":::", "1", "2", "3", "4", "5", "6", "7", "8", "9"})
+    assert.equal(0, res.code, res.stderr)
+    local running, most, started = 0, 0, 0
+    for line in fs.lines(log) do
+      if line:sub(1, 1) == "+" then
+        running, started = running + 1, started + 1
+        most = math.max(most, running)
+      else
+        running = running - 1
+      end
+    end
+    assert.equal(9, started)
+    assert.equal(3, most)
+  end)
+
+  it("reads inputs from stdin lines, fills {} and {#}, and tags output", function()
+    local res = script("parallel.lua", {"-j", "1", "--tag", "echo", "job{#}={}"},
+      {stdin = "alpha\n\nbeta\n"})
+    assert.equal(0, res.code, res.stderr)
+    assert.equal("alpha\tjob1=alpha\nbeta\tjob2=beta\n", res.stdout)
+  end)
+
+  it("adds the input as the last argument when there is no {}", function()
+    local res = script("parallel.lua", {"-j", "1", "printf", "<%s>", ":::", "a b", "c"})
+    assert.equal("<a b><c>", res.stdout)
+  end)
+
+  it("lists the failures with their reason and exits 1", function()
+    local res = script("parallel.lua", {"-j", "4", "-t", "0.3", "sh", "-c",
+      'case $1 in bad) echo broken >&2; exit 3;; slow) sleep 30;; esac', "sh",
+      ":::", "ok", "bad", "slow", "ok2"})
+    assert.equal(1, res.code)
+    assert.matches("parallel: 2 failed:", res.stderr, 1, true)
+    assert.matches("#2 bad: exit 3: broken", res.stderr, 1, true)
+    assert.matches("#3 slow: timeout: sh killed after 0.3 s", res.stderr, 1, true)
+    assert.matches("process: no%-such%-program", script("parallel.lua",
+      {"no-such-program", ":::", "x"}).stderr)
+  end)
+
+  it("with --halt kills the running jobs and starts no more", function()
+    local log = tmpname("halt.log")
+    local res = script("parallel.lua", {"-j", "2", "--halt", "sh", "-c",
+      'echo "$1" >> "$2"; [ "$1" = fail ] && exit 1; sleep 30', "sh", "{}", log,
+      ":::", "fail", "slow", "never1", "never2"})
+    assert.equal(1, res.code)
+    assert.is_true(res.time < 20, "took " .. res.time)
+    assert.matches("halted at the first failure", res.stderr, 1, true)
+    local started = fs.read(log)
+    assert.is_nil(started:find("never2", 1, true))
+  end)
+
+  it("retries a failing job with --retries", function()
+    local count = tmpname("tries")
+    local res = script("parallel.lua", {"-r", "2", "sh", "-c", 'echo x >> "$1"; exit 1',
+      "sh", "{}", ":::", count})
+    assert.equal(1, res.code)
+    assert.equal("x\nx\nx\n", fs.read(count))
+  end)
+
+  it("prints shell-quoted commands with --dry-run and rejects bad usage", function()
+    local res = script("parallel.lua", {"-n", "cp", "{}", "/tmp/x y/{#}", ":::", "it's"})
+    assert.equal(0, res.code)
+    assert.equal("cp 'it'\\''s' '/tmp/x y/1'\n", res.stdout)
+    assert.equal(2, script("parallel.lua", {"-j", "0", "true"}).code)
+    assert.equal(2, script("parallel.lua", {}).code)
+  end)
+end)
+
+describe("scripts/ops/health.lua", function()
+  after_each(function() H.assert_clean() end)
+  local origin = H.env("AH_TEST_ORIGIN")
+  local pg = "127.0.0.1:" .. H.env("AH_TEST_PG_PORT")
+
+  local function closed_port()
+    return tonumber(exec({"/usr/bin/python3", "-c",
+      "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"}).stdout)
+  end
+
+  it("--once prints a table and exits 0 when every target is up", function()
+    local res = script("health.lua", {"--once", origin .. "/ping", "tcp://" .. pg})
+    assert.equal(0, res.code, res.stderr)
+    assert.matches("2/2 up", res.stdout, 1, true)
+    assert.matches(origin .. "/ping%s+up%s+%d+ ms%s+HTTP 200", res.stdout)
+    assert.matches("tcp://" .. pg .. "%s+up%s+%d+ ms%s+connected", res.stdout)
+  end)
+
+  it("--once exits 1 and says why when a target is down", function()
+    local port = closed_port()
+    local res = script("health.lua", {"--once", "-t", "2", origin .. "/status?code=503",
+      "127.0.0.1:" .. port, origin .. "/hang?s=5"})
+    assert.equal(1, res.code)
+    assert.matches("0/3 up", res.stdout, 1, true)
+    assert.matches("DOWN%s+%d+ ms%s+HTTP 503 %(not expected%)", res.stdout)
+    assert.matches("connect: 127.0.0.1:" .. port .. ": connection refused", res.stdout, 1, true)
+    assert.matches("/hang%?s=5%s+DOWN%s+%d+ ms%s+timeout", res.stdout)
+  end)
+
+  it("reads targets from a file, honours --expect and prints JSON lines", function()
+    local file = tmpname("targets")
+    assert(fs.write(file, "# the origin\n" .. origin .. "/status?code=404  # expected\n\n" .. pg .. "\n"))
+    local res = script("health.lua", {"--once", "--json", "-e", "200,4xx", "-f", file})
+    assert.equal(0, res.code, res.stderr)
+    local rows = {}
+    for line in res.stdout:gmatch("[^\n]+") do rows[#rows + 1] = assert(json.decode(line)) end
+    assert.equal(2, #rows)
+    assert.equal(origin .. "/status?code=404", rows[1].target)
+    assert.is_true(rows[1].up)
+    assert.equal(404, rows[1].status)
+    assert.equal("tcp://" .. pg, rows[2].target)
+    assert.is_true(rows[2].up)
+  end)
+
+  it("probes every interval until SIGTERM, then exits 0", function()
+    local rounds = 0
+    local res = exec({"sh", "-c", '"$1" scripts/ops/health.lua -i 0.1 "$2" & echo "pid $!"; wait $!',
+      "sh", H.env("AH_TEST_BIN"), pg}, {timeout = 30, lines = function(line)
+        local pid = line:match("^pid (%d+)")
+        if pid then spawn(function()
+          while rounds < 3 do sleep(0.02) end
+          exec({"kill", "-TERM", pid})
+        end) end
+        if line:match("1/1 up$") then rounds = rounds + 1 end
+      end})
+    assert.equal(0, res.code)
+    assert.is_true(rounds >= 3)
+  end)
+
+  it("rejects bad usage with status 2", function()
+    assert.equal(2, script("health.lua", {"--once"}).code)
+    assert.equal(2, script("health.lua", {"--once", "not-a-target"}).code)
+    assert.equal(2, script("health.lua", {"--once", "-e", "abc", pg}).code)
+  end)
+end)
