@@ -261,6 +261,9 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init(s->buf + s->len, (unsigned)(s->cap - s->len));
 }
 
+static void on_read(uv_stream_t *h, ssize_t n, const uv_buf_t *buf);
+
+/* Lines mode: stops reading while the callback is far behind. */
 static void pause_reading(exec_op *op, int pause) {
   int i;
   if (op->paused == pause) return;
@@ -270,7 +273,7 @@ static void pause_reading(exec_op *op, int pause) {
       if (pause)
         uv_read_stop((uv_stream_t *)&op->out[i].pipe);
       else
-        uv_read_start((uv_stream_t *)&op->out[i].pipe, on_alloc, NULL);
+        uv_read_start((uv_stream_t *)&op->out[i].pipe, on_alloc, on_read);
     }
 }
 

@@ -266,6 +266,18 @@ describe("exec", function()
       assert.equal(100000 * 100001 // 2, sum)
     end)
 
+    it("pauses reading while a slow callback is megabytes behind, losing nothing", function()
+      local n, sum = 0, 0
+      local res = exec({"seq", "1", "400000"}, {timeout = 60, lines = function(line)
+        n = n + 1
+        sum = sum + tonumber(line)
+        if n % 50000 == 0 then sleep(0.05) end
+      end})
+      assert.equal(0, res.code)
+      assert.equal(400000, n)
+      assert.equal(400000 * 400001 // 2, sum)
+    end)
+
     it("stops the program when the callback returns false", function()
       local n = 0
       local res = exec({"yes"}, {lines = function()
