@@ -1235,6 +1235,11 @@ def write_reports(runner, rows, args, started):
     latest["machine"], latest["versions"] = run["machine"], run["versions"]
     with open(RESULTS / "latest.json", "w") as f:
         json.dump(latest, f, indent=1)
+    render_all(latest)
+
+
+def render_all(latest):
+    """latest.md, the charts and docs/performance.md from latest.json."""
     all_rows = [r for c in CASES if c in latest["cases"] for r in latest["cases"][c]["rows"]]
     for r in all_rows:
         r.setdefault("ratio", None)
@@ -1328,8 +1333,16 @@ def main():
     ap.add_argument("cases", nargs="*", help="cases to run (default: all): " + ", ".join(CASES))
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat: checks that each case and peer works")
     ap.add_argument("--repeat", type=int, default=0, help="repeats per measurement (median; default 3)")
-    ap.add_argument("--asynchost", required=True, help="the asynchost binary")
+    ap.add_argument("--asynchost", help="the asynchost binary")
+    ap.add_argument("--report", action="store_true",
+                    help="only redraw latest.md, the charts and docs/performance.md from latest.json")
     args = ap.parse_args()
+    if args.report:
+        render_all(load_latest())
+        log("bench: wrote bench/results/latest.md, bench/results/*.png and docs/performance.md")
+        return 0
+    if not args.asynchost:
+        ap.error("--asynchost is required")
     bad = [c for c in args.cases if c not in CASES]
     if bad:
         ap.error("unknown case %s (cases: %s)" % (", ".join(bad), ", ".join(CASES)))
