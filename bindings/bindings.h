@@ -21,6 +21,7 @@ void ah_open_http(lua_State *L, int mod);   /* http */
 void ah_open_html(lua_State *L, int mod);   /* html, url */
 void ah_open_fs(lua_State *L, int mod);     /* fs */
 void ah_open_exec(lua_State *L, int mod);   /* exec */
+void ah_open_net(lua_State *L, int mod);    /* net */
 
 /* JSON for the other bindings (bindings/json.c). */
 

@@ -38,7 +38,9 @@ const char *ah_err_name(int code);
 typedef struct ah_options {
   uv_loop_t *loop;   /* run on this loop; NULL: the host makes its own */
   int globals;       /* also install the Lua API as globals */
-  int signals;       /* handle SIGINT/SIGTERM/SIGPIPE as the CLI does */
+  int signals;       /* handle SIGINT/SIGTERM as the CLI does (SIGPIPE is
+                        ignored by every host unless the application set a
+                        handler) */
   const char *path;  /* prepended to package.path (may be NULL) */
   const char *cpath; /* prepended to package.cpath (may be NULL) */
 } ah_options;

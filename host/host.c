@@ -233,6 +233,16 @@ static void on_signal(uv_signal_t *sig, int signum) {
   h->shutdown = signum;
 }
 
+/* Writes to a closed socket or pipe (a client that left, a child that
+   exited) must fail with EPIPE, not kill the process: SIGPIPE is ignored,
+   as Node.js does, unless the application installed a handler of its own. */
+static void ignore_sigpipe(void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL &&
+      !(sa.sa_flags & SA_SIGINFO))
+    signal(SIGPIPE, SIG_IGN);
+}
+
 static int init_signals(ah_host *h) {
   uv_signal_t *sigs[2] = {&h->sigint, &h->sigterm};
   int nums[2] = {SIGINT, SIGTERM}, i;
@@ -462,6 +472,7 @@ static ah_host *host_make(const ah_options *opts, lua_State *L) {
     lua_pop(L, 1);
     goto fail_handles;
   }
+  ignore_sigpipe();
   if (opts->signals) {
     h->signals = 1;
     init_signals(h);

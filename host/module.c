@@ -116,6 +116,7 @@ void ah__module_open(lua_State *L, int globals) {
   ah_open_html(L, mod);
   ah_open_fs(L, mod);
   ah_open_exec(L, mod);
+  ah_open_net(L, mod);
   open_lua_part(L, mod, "prelude");
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushvalue(L, mod);
