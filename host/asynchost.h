@@ -170,6 +170,14 @@ int ah_task_cancelling(ah_task *t);
    loop, never inside this call. Safe from any loop callback. */
 void ah_task_resume(ah_task *t);
 
+/* Runs the tasks that are ready now, instead of waiting for the loop's
+   check phase. For the end of an I/O callback that just made a task ready
+   (a request parsed: its handler can answer before the next connection is
+   read), once the binding's own state is consistent: the tasks may do
+   anything, including closing the handle whose callback this is. Does
+   nothing inside a task. Never call it from a libcurl or libpq callback. */
+void ah_host_run_ready(ah_host *h);
+
 /* Cancels the task and its children: the pending operation is aborted at
    once. A task that never started never runs. */
 void ah_task_cancel(ah_task *t);

@@ -475,6 +475,10 @@ void ah__run_ready(ah_host *h) {
 
 /* ---- the public task API ---------------------------------------------- */
 
+void ah_host_run_ready(ah_host *h) {
+  if (h->qhead) ah__run_ready(h);
+}
+
 /* Names the C function that stops co from yielding, for the message. */
 static int raise_unyieldable(lua_State *L, lua_State *co, const char *fname) {
   lua_Debug ar;
