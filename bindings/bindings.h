@@ -10,18 +10,18 @@
 #include "../host/asynchost.h"
 
 /* Each opener sets its names in the module table at stack index mod. */
-void ah_open_sleep(lua_State *L, int mod);  /* sleep, now */
-void ah_open_sync(lua_State *L, int mod);   /* queue, semaphore */
-void ah_open_stdin(lua_State *L, int mod);  /* stdin */
-void ah_open_json(lua_State *L, int mod);   /* json */
-void ah_open_log(lua_State *L, int mod);    /* log, progress, env, signal */
-void ah_open_fetch(lua_State *L, int mod);  /* fetch */
-void ah_open_db(lua_State *L, int mod);     /* db */
-void ah_open_http(lua_State *L, int mod);   /* http */
-void ah_open_html(lua_State *L, int mod);   /* html, url */
-void ah_open_fs(lua_State *L, int mod);     /* fs */
-void ah_open_exec(lua_State *L, int mod);   /* exec */
-void ah_open_net(lua_State *L, int mod);    /* net */
+void ah_open_sleep(lua_State *L, int mod); /* sleep, now */
+void ah_open_sync(lua_State *L, int mod);  /* queue, semaphore */
+void ah_open_stdin(lua_State *L, int mod); /* stdin */
+void ah_open_json(lua_State *L, int mod);  /* json */
+void ah_open_log(lua_State *L, int mod);   /* log, progress, env, signal */
+void ah_open_fetch(lua_State *L, int mod); /* fetch */
+void ah_open_db(lua_State *L, int mod);    /* db */
+void ah_open_http(lua_State *L, int mod);  /* http */
+void ah_open_html(lua_State *L, int mod);  /* html, url */
+void ah_open_fs(lua_State *L, int mod);    /* fs */
+void ah_open_exec(lua_State *L, int mod);  /* exec */
+void ah_open_net(lua_State *L, int mod);   /* net */
 
 /* JSON for the other bindings (bindings/json.c). */
 

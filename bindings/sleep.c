@@ -54,7 +54,8 @@ static int l_now(lua_State *L) {
 }
 
 void ah_open_sleep(lua_State *L, int mod) {
-  static const luaL_Reg funcs[] = {{"sleep", l_sleep}, {"now", l_now}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+      {"sleep", l_sleep}, {"now", l_now}, {NULL, NULL}};
   lua_pushvalue(L, mod);
   luaL_setfuncs(L, funcs, 0);
   lua_pop(L, 1);

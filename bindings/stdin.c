@@ -130,7 +130,8 @@ static void check_format(lua_State *L, int idx) {
   } else {
     const char *f = luaL_checkstring(L, idx);
     if (*f == '*') f++;
-    luaL_argcheck(L, *f == 'l' || *f == 'L' || *f == 'a', idx, "invalid format");
+    luaL_argcheck(L, *f == 'l' || *f == 'L' || *f == 'a', idx,
+                  "invalid format");
   }
 }
 
@@ -173,7 +174,8 @@ static int l_gc(lua_State *L) {
 }
 
 void ah_open_stdin(lua_State *L, int mod) {
-  static const luaL_Reg methods[] = {{"read", l_read}, {"lines", l_lines}, {NULL, NULL}};
+  static const luaL_Reg methods[] = {
+      {"read", l_read}, {"lines", l_lines}, {NULL, NULL}};
   reader **rp = lua_newuserdatauv(L, sizeof *rp, 0);
   *rp = calloc(1, sizeof **rp);
   if (!*rp) luaL_error(L, "out of memory");

@@ -304,9 +304,12 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods) {
 }
 
 void ah_open_sync(lua_State *L, int mod) {
-  static const luaL_Reg qmethods[] = {{"get", q_get},       {"put", q_put},
-                                      {"close", q_close},   {"__len", q_len},
-                                      {"__tostring", q_tostring}, {NULL, NULL}};
+  static const luaL_Reg qmethods[] = {{"get", q_get},
+                                      {"put", q_put},
+                                      {"close", q_close},
+                                      {"__len", q_len},
+                                      {"__tostring", q_tostring},
+                                      {NULL, NULL}};
   static const luaL_Reg smethods[] = {{"acquire", sem_acquire},
                                       {"release", sem_release},
                                       {"count", sem_count},

@@ -23,11 +23,11 @@ typedef struct ah_task ah_task;
 
 /* Error codes: 0 or negative, with a name and a message, as in libuv. */
 #define AH_OK 0
-#define AH_ENOMEM (-1)  /* out of memory */
-#define AH_ESYNTAX (-2) /* the chunk does not compile */
-#define AH_EFILE (-3)   /* the script cannot be read */
-#define AH_ERUN (-4)    /* the task raised an error */
-#define AH_EINVAL (-5)  /* bad argument */
+#define AH_ENOMEM (-1)    /* out of memory */
+#define AH_ESYNTAX (-2)   /* the chunk does not compile */
+#define AH_EFILE (-3)     /* the script cannot be read */
+#define AH_ERUN (-4)      /* the task raised an error */
+#define AH_EINVAL (-5)    /* bad argument */
 #define AH_ECANCELED (-6) /* the task was cancelled */
 
 const char *ah_strerror(int code);

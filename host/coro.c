@@ -167,7 +167,8 @@ static int co_create(lua_State *L) {
 static int co_close(lua_State *L) {
   lua_State *co = getco(L);
   if (*extra(co) == BUSY)
-    return luaL_error(L, "cannot close a coroutine that waits in an async call");
+    return luaL_error(L,
+                      "cannot close a coroutine that waits in an async call");
   if (*extra(co) != NULL)
     return luaL_error(L, "cannot close the coroutine of a task");
   lua_getfield(L, lua_upvalueindex(1), "close");

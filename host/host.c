@@ -17,27 +17,43 @@ static const char host_key = 'h';
 
 const char *ah_err_name(int code) {
   switch (code) {
-  case AH_OK: return "AH_OK";
-  case AH_ENOMEM: return "AH_ENOMEM";
-  case AH_ESYNTAX: return "AH_ESYNTAX";
-  case AH_EFILE: return "AH_EFILE";
-  case AH_ERUN: return "AH_ERUN";
-  case AH_EINVAL: return "AH_EINVAL";
-  case AH_ECANCELED: return "AH_ECANCELED";
-  default: return "AH_UNKNOWN";
+  case AH_OK:
+    return "AH_OK";
+  case AH_ENOMEM:
+    return "AH_ENOMEM";
+  case AH_ESYNTAX:
+    return "AH_ESYNTAX";
+  case AH_EFILE:
+    return "AH_EFILE";
+  case AH_ERUN:
+    return "AH_ERUN";
+  case AH_EINVAL:
+    return "AH_EINVAL";
+  case AH_ECANCELED:
+    return "AH_ECANCELED";
+  default:
+    return "AH_UNKNOWN";
   }
 }
 
 const char *ah_strerror(int code) {
   switch (code) {
-  case AH_OK: return "success";
-  case AH_ENOMEM: return "out of memory";
-  case AH_ESYNTAX: return "the chunk does not compile";
-  case AH_EFILE: return "cannot read the script";
-  case AH_ERUN: return "the task raised an error";
-  case AH_EINVAL: return "invalid argument";
-  case AH_ECANCELED: return "the task was cancelled";
-  default: return "unknown error";
+  case AH_OK:
+    return "success";
+  case AH_ENOMEM:
+    return "out of memory";
+  case AH_ESYNTAX:
+    return "the chunk does not compile";
+  case AH_EFILE:
+    return "cannot read the script";
+  case AH_ERUN:
+    return "the task raised an error";
+  case AH_EINVAL:
+    return "invalid argument";
+  case AH_ECANCELED:
+    return "the task was cancelled";
+  default:
+    return "unknown error";
   }
 }
 
@@ -537,7 +553,8 @@ static void detach_state(ah_host *h) {
   lua_rawsetp(h->L, LUA_REGISTRYINDEX, &host_key);
 }
 
-/* ---- starting tasks from C ------------------------------------------------ */
+/* ---- starting tasks from C ------------------------------------------------
+ */
 
 static int start_loaded(ah_host *h, int status, int nargs, ah_done_fn done,
                         void *data, ah_task **out) {
@@ -546,7 +563,7 @@ static int start_loaded(ah_host *h, int status, int nargs, ah_done_fn done,
   if (status != LUA_OK) {
     ah__set_error(h, lua_tostring(L, -1));
     lua_pop(L, 1 + nargs);
-    return status == LUA_ERRFILE ? AH_EFILE
+    return status == LUA_ERRFILE  ? AH_EFILE
            : status == LUA_ERRMEM ? AH_ENOMEM
                                   : AH_ESYNTAX;
   }
@@ -592,7 +609,8 @@ int ah_host_spawn_call(ah_host *h, int nargs, ah_done_fn done, void *data,
   return AH_OK;
 }
 
-/* ---- running and freeing ---------------------------------------------------- */
+/* ---- running and freeing ----------------------------------------------------
+ */
 
 static void report_deadlock(ah_host *h) {
   ah_task *t;

@@ -12,7 +12,7 @@
 #include "asynchost.h"
 
 #define ah__container_of(p, type, field)                                       \
-  ((type *)((char *)(p) - offsetof(type, field)))
+  ((type *)((char *)(p)-offsetof(type, field)))
 
 /* A watcher is told once when a task is done (wait, gather, wait()). */
 typedef struct ah__watch ah__watch;
@@ -56,8 +56,8 @@ struct ah_task {
   unsigned id;
   unsigned nchildren;
   unsigned char state, outcome;
-  unsigned char cancelled; /* sticky */
-  unsigned char waiting;   /* suspended, not yet resumed */
+  unsigned char cancelled;   /* sticky */
+  unsigned char waiting;     /* suspended, not yet resumed */
   unsigned char interrupted; /* the hook ran: raise at resume */
   unsigned char queued, detached, fatal, has_perr;
 };
@@ -95,8 +95,8 @@ struct ah_host {
   uint64_t armed; /* deadline the uv_timer is set for, 0 if stopped */
   unsigned next_id;
   unsigned ntasks;
-  int status;   /* exit status so far */
-  int exiting;  /* os.exit was called */
+  int status;  /* exit status so far */
+  int exiting; /* os.exit was called */
   int exit_close;
   int shutdown; /* signal number or -1 once a shutdown began */
   double shutdown_timeout;
@@ -106,8 +106,8 @@ struct ah_host {
   int nhooks, chooks;
   ah__count counts[48];
   int ncounts;
-  int closing; /* handles whose close callback has not run yet */
-  int ref_tb;  /* registry: {err, traceback} of the last error seen */
+  int closing;  /* handles whose close callback has not run yet */
+  int ref_tb;   /* registry: {err, traceback} of the last error seen */
   int ref_perr; /* registry: parent task -> failed child task */
   char *error;
   int freeing;

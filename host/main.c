@@ -35,7 +35,8 @@ static void print_usage(FILE *f) {
           "\n"
           "Examples:\n"
           "  %s crawl.lua https://example.com/\n"
-          "  %s -e 'print(gather({1, 2, 3}, function(x) sleep(0.1) return x * 2 end)[3])'\n"
+          "  %s -e 'print(gather({1, 2, 3}, function(x) sleep(0.1) return x * "
+          "2 end)[3])'\n"
           "  %s /usr/bin/busted spec\n"
           "\n"
           "Docs: README.md and docs/ in the source tree; man asynchost.\n",
@@ -48,7 +49,7 @@ static void print_version(void) {
 }
 
 typedef struct cli {
-  int script;   /* index of the script in argv, 0 if none */
+  int script; /* index of the script in argv, 0 if none */
   int interactive, version, ignore_env, warnings, exec;
   int nactions;
   int workers, workers_at, workers_len; /* --workers N and where it is */

@@ -91,12 +91,10 @@ static int load_embedded(lua_State *L) {
 }
 
 void ah__module_open(lua_State *L, int globals) {
-  static const luaL_Reg funcs[] = {{"stats", l_stats},
-                                   {"shutdown_timeout", l_shutdown_timeout},
-                                   {"shutdown", l_shutdown},
-                                   {"shutting_down", l_shutting_down},
-                                   {"_load", load_embedded},
-                                   {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+      {"stats", l_stats},       {"shutdown_timeout", l_shutdown_timeout},
+      {"shutdown", l_shutdown}, {"shutting_down", l_shutting_down},
+      {"_load", load_embedded}, {NULL, NULL}};
   int mod;
   lua_newtable(L);
   mod = lua_gettop(L);

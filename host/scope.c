@@ -81,8 +81,9 @@ static int l_timeout(lua_State *L) {
   }
   ah_timer_start(t->host, &s->timer, secs, scope_fire);
   t->scope = s;
-  return timeout_k(L, lua_pcallk(L, lua_gettop(L) - 3, LUA_MULTRET, 2,
-                                 (lua_KContext)s, timeout_k),
+  return timeout_k(L,
+                   lua_pcallk(L, lua_gettop(L) - 3, LUA_MULTRET, 2,
+                              (lua_KContext)s, timeout_k),
                    (lua_KContext)s);
 }
 

@@ -201,7 +201,8 @@ int ah__task_raise(lua_State *L, int idx) {
 int ah__raise_cancelled(lua_State *L, ah_task *t) {
   ah__scope *s;
   if (t->cancelled) {
-    lua_pushfstring(L, "cancelled: %s", t->reason ? t->reason : "task cancelled");
+    lua_pushfstring(L, "cancelled: %s",
+                    t->reason ? t->reason : "task cancelled");
     return lua_error(L);
   }
   for (s = t->scope; s; s = s->outer)
@@ -352,7 +353,7 @@ static void task_finish(ah_task *t) {
     w->fn(w, t);
   }
   if (t->done) {
-    int status = t->outcome == AH__OK        ? AH_OK
+    int status = t->outcome == AH__OK       ? AH_OK
                  : t->outcome == AH__FAILED ? AH_ERUN
                                             : AH_ECANCELED;
     int top = lua_gettop(t->co);
@@ -419,8 +420,8 @@ static void body_failed(ah_task *t) {
   }
   lua_settop(co, 0);
   lua_xmove(L, co, 2);
-  t->outcome =
-      (t->cancelled || ah__is_cancel_error(co, -2)) ? AH__CANCELLED : AH__FAILED;
+  t->outcome = (t->cancelled || ah__is_cancel_error(co, -2)) ? AH__CANCELLED
+                                                             : AH__FAILED;
   body_ended(t, 2);
 }
 
@@ -433,7 +434,8 @@ static void task_run(ah_task *t) {
   if (t->state == AH__NEW) {
     if (t->cancelled) { /* cancelled before it ever ran */
       lua_settop(co, 0);
-      lua_pushfstring(co, "cancelled: %s", t->reason ? t->reason : "task cancelled");
+      lua_pushfstring(co, "cancelled: %s",
+                      t->reason ? t->reason : "task cancelled");
       lua_pushnil(co);
       t->outcome = AH__CANCELLED;
       body_ended(t, 2);
@@ -494,10 +496,11 @@ static int raise_unyieldable(lua_State *L, lua_State *co, const char *fname) {
   for (level = first; lua_getstack(co, level, &ar); level++) {
     lua_getinfo(co, "Sn", &ar);
     if (*ar.what == 'C' && level > 0 &&
-        !(ar.name && (strcmp(ar.name, "pcall") == 0 ||
-                      strcmp(ar.name, "xpcall") == 0))) {
-      const char *who = ar.name ? lua_pushfstring(L, "the C function '%s'", ar.name)
-                                : "a C function";
+        !(ar.name &&
+          (strcmp(ar.name, "pcall") == 0 || strcmp(ar.name, "xpcall") == 0))) {
+      const char *who = ar.name
+                            ? lua_pushfstring(L, "the C function '%s'", ar.name)
+                            : "a C function";
       return luaL_error(L,
                         "%s: cannot suspend inside a callback of %s (such as "
                         "a table.sort comparator or a string.gsub function): "
@@ -527,7 +530,8 @@ ah_task *ah_task_check(lua_State *L, const char *fname) {
                "task-aware coroutine.resume",
                fname);
   for (i = h->rdepth - 1; i >= 0; i--)
-    if (!lua_isyieldable(h->rstack[i])) raise_unyieldable(L, h->rstack[i], fname);
+    if (!lua_isyieldable(h->rstack[i]))
+      raise_unyieldable(L, h->rstack[i], fname);
   if (t->cancelled || ah__scope_expired(t)) ah__raise_cancelled(L, t);
   return t;
 }
@@ -650,9 +654,12 @@ void ah_task_push(lua_State *L, ah_task *t) {
 const char *ah__task_status(ah_task *t) {
   if (t->state != AH__DONE) return "running";
   switch (t->outcome) {
-  case AH__OK: return "done";
-  case AH__FAILED: return "failed";
-  default: return "cancelled";
+  case AH__OK:
+    return "done";
+  case AH__FAILED:
+    return "failed";
+  default:
+    return "cancelled";
   }
 }
 

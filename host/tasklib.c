@@ -155,7 +155,8 @@ static void gather_collect(gstate *g, ah_task *t, int i) {
       lua_xmove(co, L, 1);
       gather_store(L, g->results_ref, i);
     }
-    if (g->settle && n >= 2 && lua_isnil(co, base) && !lua_isnil(co, base + 1)) {
+    if (g->settle && n >= 2 && lua_isnil(co, base) &&
+        !lua_isnil(co, base + 1)) {
       lua_pushvalue(co, base + 1);
       lua_xmove(co, L, 1);
       gather_store(L, g->errors_ref, i);
@@ -216,8 +217,9 @@ static void gather_start(lua_State *L, gstate *g, int i) {
       if (!is_callable(L, -1)) {
         g->next = g->n + 1;
         gather_cancel_running(g, "gather was given a bad element");
-        luaL_error(L, "gather: bad element #%d (function or task expected, got %s)",
-                   i, luaL_typename(L, -1));
+        luaL_error(
+            L, "gather: bad element #%d (function or task expected, got %s)", i,
+            luaL_typename(L, -1));
       }
       t = ah__task_new(L, g->self, 0);
     }
