@@ -304,10 +304,15 @@ static void on_write(uv_write_t *req, int status) {
 }
 
 /* Sends w's buffer, then `extra` (a body kept alive by w->ref), then
-   "\r\n" if trailer. Takes w. */
+   "\r\n" if trailer. Takes w. What the socket takes at once is written
+   here (uv_try_write); only the rest goes through uv_write, whose
+   completion costs libuv an epoll_ctl per write (it re-arms the watcher
+   when the write queue drains), which would be one per response. A
+   failed try is left to uv_write, which reports the error through
+   on_write as before. */
 static int send_parts(http_conn *c, http_wreq *w, const char *extra,
                       size_t elen, int trailer) {
-  uv_buf_t bufs[3];
+  uv_buf_t bufs[3], *b = bufs;
   int n = 0, rc;
   if (c->closing) {
     http_wreq_put(c->srv, w);
@@ -316,8 +321,23 @@ static int send_parts(http_conn *c, http_wreq *w, const char *extra,
   bufs[n++] = uv_buf_init(w->buf, (unsigned)w->len);
   if (extra && elen) bufs[n++] = uv_buf_init((char *)extra, (unsigned)elen);
   if (trailer) bufs[n++] = uv_buf_init("\r\n", 2);
+  rc = uv_try_write((uv_stream_t *)&c->tcp, bufs, (unsigned)n);
+  if (rc > 0) {
+    size_t done = (size_t)rc;
+    while (n > 0 && done >= b->len) {
+      done -= b->len;
+      b++;
+      n--;
+    }
+    if (n == 0) { /* all of it: no request, no callback */
+      http_wreq_put(c->srv, w);
+      return 0;
+    }
+    b->base += done;
+    b->len -= done;
+  }
   w->conn = c;
-  rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, (unsigned)n, on_write);
+  rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, b, (unsigned)n, on_write);
   if (rc != 0) {
     http_wreq_put(c->srv, w);
     conn_close(c);
@@ -1085,6 +1105,12 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   conn_feed(c, buf->base, (size_t)nread, 0);
+  /* A request parsed here has its handler task ready: run it now, so
+     its response leaves before the next connection is read and the
+     client works while we do (instead of a loop turn that reads every
+     connection, then answers them all in the check phase). c may be
+     closed by what runs: nothing touches it after this. */
+  if (c->task) ah_host_run_ready(c->srv->host);
 }
 
 /* uv_read_start with the server's callbacks (used after a stop). */

@@ -112,6 +112,33 @@ describe("http.server", function()
       assert.are.equal(big, res.body)
     end)
 
+    -- The server writes what the socket takes at once and queues the
+    -- rest: bodies bigger than the kernel's buffers (the client here is
+    -- on the same loop, so nothing is read while the server writes)
+    -- cross that boundary inside the head, the body and a chunk.
+    it("sends bodies and chunks bigger than the socket buffers intact", function()
+      local piece = ("0123456789abcdef"):rep(4096) -- 64 KiB
+      local big = piece:rep(256) -- 16 MiB
+      local _, url = serve(nil, function(app)
+        app:get("/big", function() return 200, big, {["x-pad"] = ("p"):rep(4000)} end)
+        app:get("/chunks", function(req)
+          return req:stream(function(write)
+            for i = 1, 8 do assert(write(piece:rep(32) .. i)) end
+          end)
+        end)
+      end)
+      local res = get(url .. "/big")
+      assert.are.equal(#big, #res.body)
+      assert.is_true(res.body == big)
+      res = get(url .. "/chunks")
+      assert.are.equal(8 * (32 * #piece + 1), #res.body)
+      for i = 1, 8 do
+        local at = (i - 1) * (32 * #piece + 1)
+        assert.are.equal(tostring(i), res.body:sub(at + 32 * #piece + 1, at + 32 * #piece + 1))
+        assert.is_true(res.body:sub(at + 1, at + 32 * #piece) == piece:rep(32))
+      end
+    end)
+
     it("answers HEAD with GET's headers and no body", function()
       local _, url = serve(nil, function(app)
         app:get("/h", function() return "twelve bytes" end)
