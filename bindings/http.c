@@ -766,14 +766,17 @@ static void pend_add(http_conn *c, const char *data, size_t len) {
   c->plen += len;
 }
 
-/* Lower-cases in place and trims trailing blanks of a header value. */
-static void push_headers(lua_State *L, http_conn *c) {
-  int i;
-  lua_createtable(L, 0, c->nhdr);
-  for (i = 0; i < c->nhdr; i++) {
-    http_hdr *h = &c->hdrs[i];
-    char *name = c->head + h->name;
-    const char *v = c->head + h->value;
+/* r's header lines -> a table: names lower-cased (in place, in r's own
+   copy), values without trailing blanks, repeated lines joined. */
+static void push_headers(lua_State *L, http_req *r) {
+  http_hdr *hdrs = (http_hdr *)(r + 1);
+  char *head = (char *)(hdrs + r->nhdr);
+  uint32_t i;
+  lua_createtable(L, 0, (int)r->nhdr);
+  for (i = 0; i < r->nhdr; i++) {
+    http_hdr *h = &hdrs[i];
+    char *name = head + h->name;
+    const char *v = head + h->value;
     size_t vl = h->value_len;
     uint32_t k;
     for (k = 0; k < h->name_len; k++)
@@ -792,6 +795,20 @@ static void push_headers(lua_State *L, http_conn *c) {
     }
     lua_rawset(L, -3);
   }
+}
+
+/* A new request handle with a copy of c's header lines. */
+static http_req *new_req(lua_State *L, http_server *s, http_conn *c) {
+  size_t hsize = (size_t)c->nhdr * sizeof(http_hdr);
+  http_req *r = lua_newuserdatauv(L, sizeof *r + hsize + c->hlen, 0);
+  r->conn = c;
+  r->nhdr = (uint32_t)c->nhdr;
+  r->hlen = c->hlen;
+  if (hsize) memcpy(r + 1, c->hdrs, hsize);
+  if (c->hlen) memcpy((char *)(r + 1) + hsize, c->head, c->hlen);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_reqmt);
+  lua_setmetatable(L, -2);
+  return r;
 }
 
 /* The request is complete: build the Lua request, start its task. */
@@ -833,19 +850,15 @@ static void conn_dispatch(http_conn *c) {
     lua_pushlstring(L, q + 1, (size_t)(end - q - 1));
     lua_setfield(L, -2, "_query");
   }
-  push_headers(L, c);
-  lua_setfield(L, -2, "headers");
   if (c->blen)
     lua_pushlstring(L, c->body, c->blen);
   else
     lua_pushliteral(L, "");
   lua_setfield(L, -2, "body");
-  r = lua_newuserdatauv(L, sizeof *r, 0);
-  r->conn = c;
+  r = new_req(L, s, c);
   c->req = r;
-  luaL_setmetatable(L, HTTP_REQ_MT);
   lua_setfield(L, -2, "_r");
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_reqmt);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_luamt);
   lua_setmetatable(L, -2);
   if (c->bcap > 256 * 1024) { /* do not keep a big upload's buffer */
     free(c->body);
@@ -1165,6 +1178,7 @@ static void server_free(http_server *s) {
   lua_State *L = ah_host_lua(s->host);
   luaL_unref(L, LUA_REGISTRYINDEX, s->ref_dispatch);
   luaL_unref(L, LUA_REGISTRYINDEX, s->ref_reqmt);
+  luaL_unref(L, LUA_REGISTRYINDEX, s->ref_luamt);
   luaL_unref(L, LUA_REGISTRYINDEX, s->ref_sdt);
   luaL_unref(L, LUA_REGISTRYINDEX, s->ref_self);
   while (s->free_wreqs) {
@@ -1502,11 +1516,14 @@ static int start_listening(lua_State *L, http_server *s,
   if (getenv("ASYNCHOST_WORKER")) s->worker_ppid = (int)getppid();
   ah_host_hook(h, AH_ON_SHUTDOWN, on_host_shutdown, s);
   ah_host_hook(h, AH_ON_CLOSE, on_host_close, s);
-  /* refs: the dispatcher, the request metatable, shutdown_timeout, self */
+  /* refs: the dispatcher, the metatables of requests and of their
+     handles, shutdown_timeout, self */
   lua_getfield(L, 1, "dispatch");
   s->ref_dispatch = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_getfield(L, 1, "req_mt");
+  luaL_getmetatable(L, HTTP_REQ_MT);
   s->ref_reqmt = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, 1, "req_mt");
+  s->ref_luamt = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, 1, "shutdown_timeout");
   s->ref_sdt = luaL_ref(L, LUA_REGISTRYINDEX);
   ud = lua_newuserdatauv(L, sizeof *ud, 0);
@@ -1588,7 +1605,8 @@ static int l_listen(lua_State *L) {
   s = calloc(1, sizeof *s);
   if (!s) return luaL_error(L, "http: out of memory");
   s->host = h;
-  s->ref_self = s->ref_dispatch = s->ref_reqmt = s->ref_sdt = LUA_NOREF;
+  s->ref_self = s->ref_dispatch = s->ref_reqmt = s->ref_luamt = s->ref_sdt =
+      LUA_NOREF;
   s->max_body = (size_t)opt_num(L, 1, "max_body", 8 * 1024 * 1024);
   s->max_header = (size_t)opt_num(L, 1, "max_header", 16 * 1024);
   s->idle_ms = secs_to_ms(opt_num(L, 1, "idle_timeout", 60));
@@ -1642,6 +1660,13 @@ static int l_remote_addr(lua_State *L) {
       uv_ip_name((struct sockaddr *)&ss, ip, sizeof ip) != 0)
     return 0;
   lua_pushstring(L, ip);
+  return 1;
+}
+
+/* headers(r) -> the request's headers as a table (req.headers, built
+   when first read; valid after the request is over too) */
+static int l_headers(lua_State *L) {
+  push_headers(L, luaL_checkudata(L, 1, HTTP_REQ_MT));
   return 1;
 }
 
@@ -1769,6 +1794,7 @@ void ah_open_http(lua_State *L, int mod) {
                                          {NULL, NULL}};
   static const luaL_Reg internals[] = {{"listen", l_listen},
                                        {"remote_addr", l_remote_addr},
+                                       {"headers", l_headers},
                                        {"stream_begin", l_stream_begin},
                                        {"stream_write", l_stream_write},
                                        {"sendfile", http_l_sendfile},

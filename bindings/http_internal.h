@@ -44,9 +44,12 @@ enum {
 };
 
 /* The Lua request's handle on its connection (req._r); conn is NULL once
-   the request is over. */
+   the request is over. It carries a copy of the request's header lines
+   (nhdr http_hdr, then hlen bytes they point into), from which
+   req.headers is built when a handler first reads it. */
 typedef struct http_req {
   http_conn *conn;
+  uint32_t nhdr, hlen;
 } http_req;
 
 struct http_conn {
@@ -88,7 +91,7 @@ struct http_server {
   int nfree;
   ah_task *closer;  /* a task waiting in srv:close() */
   http_server **ud; /* the Lua handle's pointer to us */
-  int ref_self, ref_dispatch, ref_reqmt, ref_sdt;
+  int ref_self, ref_dispatch, ref_reqmt, ref_luamt, ref_sdt;
   int port;
   int listening; /* the listener handle is open */
   int draining;  /* close() or a shutdown began */

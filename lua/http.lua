@@ -111,7 +111,11 @@ local req_mt = {__name = "http.request"}
 req_mt.__index = function(req, k)
   local m = Req[k]
   if m ~= nil then return m end
-  if k == "query" then
+  if k == "headers" then
+    local h = C.headers(rawget(req, "_r"))
+    rawset(req, "headers", h)
+    return h
+  elseif k == "query" then
     local q = parse_query(rawget(req, "_query"))
     rawset(req, "query", q)
     return q
@@ -172,24 +176,33 @@ end
 
 -- ---- responses -----------------------------------------------------------------
 
--- A handler's (or middleware's) return values -> status, body, headers.
-local function normalize(req, a, b, c)
-  if rawget(req, "_streamed") then return 0 end -- the response is out
+-- A handler's (or middleware's) return values -> status, body, headers;
+-- false, message when they are not a response. Status 0: the response
+-- was streamed (it is out).
+local function shape(req, a, b, c)
+  if rawget(req, "_streamed") then return 0 end
   local ta = type(a)
-  if ta == "number" then
+  if ta == "table" or ta == "string" or ta == "userdata" then
+    return 200, a, type(b) == "table" and b or nil
+  elseif ta == "number" then
     if math.type(a) ~= "integer" or a < 200 or a > 999 then
-      error("the handler returned an invalid status " .. tostring(a), 0)
+      return false, "the handler returned an invalid status " .. tostring(a)
     end
     return a, b, c
   elseif a == nil then
     if b ~= nil then -- the nil, err convention: a failure
-      error(type(b) == "string" and b or tostring(b), 0)
+      return false, type(b) == "string" and b or tostring(b)
     end
     return 204, nil, nil
-  elseif ta == "table" or ta == "string" or ta == "userdata" then
-    return 200, a, type(b) == "table" and b or nil
   end
-  error("the handler returned a " .. ta, 0)
+  return false, "the handler returned a " .. ta
+end
+
+-- shape that raises what is not a response.
+local function normalize(req, a, b, c)
+  local s, x, y = shape(req, a, b, c)
+  if s == false then error(x, 0) end
+  return s, x, y
 end
 
 -- An error in a handler: http.error becomes its response; anything else
@@ -207,13 +220,10 @@ end
 
 local JSON_500 = '{"error":"internal server error"}'
 
+-- status, body, headers (shaped) -> what bindings/http.c writes.
 local function finalize(req, s, b, h)
-  if rawget(req, "_streamed") then
-    return rawget(req, "_failed") and -1 or 0
-  end
+  if s == 0 then return rawget(req, "_failed") and -1 or 0 end -- streamed
   local tb = type(b)
-  if tb == "string" then return s, b, h, "text/html; charset=utf-8" end
-  if b == nil then return s, nil, h end
   if tb == "table" or tb == "userdata" then
     local js, err = C.encode(b)
     if js then return s, js, h, "application/json" end
@@ -221,6 +231,8 @@ local function finalize(req, s, b, h)
       req.method, req.path, tostring(err)))
     return 500, JSON_500, nil, "application/json"
   end
+  if tb == "string" then return s, b, h, "text/html; charset=utf-8" end
+  if b == nil then return s, nil, h end
   if tb == "number" or tb == "boolean" then
     return s, tostring(b), h, "text/plain; charset=utf-8"
   end
@@ -311,20 +323,27 @@ local function not_found(app, req)
   return 404, {error = "not found"}, nil
 end
 
-local function run_handler(fn, req)
-  return normalize(req, fn(req))
-end
-
+-- Routes the request and runs its handler -> status, body, headers.
+-- The call stack stays shallow: every level a request reaches costs its
+-- fresh coroutine an allocation.
 local function handle(app, req)
   local method, path = req.method, req.path
-  local fn, params = find(app, method, path)
-  if not fn then fn, params = find(app, "*", path) end
-  if not fn and method == "HEAD" then fn, params = find(app, "GET", path) end
-  if not fn then return not_found(app, req) end
-  if params then rawset(req, "params", params) end
-  local ok, s, b, h = xpcall(run_handler, msgh, fn, req)
-  if ok then return s, b, h end
-  return normalize(req, failed(req, s))
+  local ex, fn, params = app._exact[method]
+  fn = ex and ex[path]
+  if not fn then
+    fn, params = find(app, method, path)
+    if not fn then fn, params = find(app, "*", path) end
+    if not fn and method == "HEAD" then fn, params = find(app, "GET", path) end
+    if not fn then return not_found(app, req) end
+    if params then rawset(req, "params", params) end
+  end
+  local ok, a, b, c = xpcall(fn, msgh, req)
+  if ok then
+    local s, x, y = shape(req, a, b, c)
+    if s ~= false then return s, x, y end
+    a = x -- not a response: a failure (raised where the handler returned)
+  end
+  return normalize(req, failed(req, a))
 end
 
 local function run_chain(app, req, i)
@@ -341,15 +360,11 @@ local function run_chain(app, req, i)
 end
 
 local function dispatcher(app)
+  local mws = app._mw
   return function(req)
-    local s, b, h
-    if app._mw[1] then
-      local ok
-      ok, s, b, h = xpcall(run_chain, msgh, app, req, 1)
-      if not ok then s, b, h = normalize(req, failed(req, s)) end
-    else
-      s, b, h = handle(app, req)
-    end
+    if not mws[1] then return finalize(req, handle(app, req)) end
+    local ok, s, b, h = xpcall(run_chain, msgh, app, req, 1)
+    if not ok then s, b, h = normalize(req, failed(req, s)) end
     return finalize(req, s, b, h)
   end
 end

@@ -205,6 +205,33 @@ describe("http.server", function()
       }, seen)
     end)
 
+    it("keeps a request's headers readable after its response, repeated ones joined", function()
+      local reqs = {}
+      local _, url = serve(nil, function(app)
+        app:get("/h", function(req)
+          reqs[#reqs + 1] = req
+          return "ok"
+        end)
+      end)
+      -- two requests on one keep-alive connection (curl --next reuses it)
+      local r = assert(ah.exec({"curl", "-sS", "--max-time", "10",
+        "-H", "X-Multi: a", "-H", "X-Multi: b  ", "-H", "Cookie: c=1",
+        "-H", "Cookie: d=2", "-H", "X-Tag: one", url .. "/h",
+        "--next", "-H", "X-Tag: two", url .. "/h"}))
+      assert.are.equal(0, r.code, r.stderr)
+      assert.are.equal("okok", r.stdout)
+      -- read only now, after the second request reused the connection
+      local h1, h2 = reqs[1].headers, reqs[2].headers
+      assert.are.equal("one", h1["x-tag"])
+      assert.are.equal("a, b", h1["x-multi"])
+      assert.are.equal("c=1; d=2", h1.cookie)
+      assert.matches("^127%.0%.0%.1:%d+$", h1.host)
+      assert.are.equal("two", h2["x-tag"])
+      assert.is_nil(h2["x-multi"])
+      assert.is_nil(h2.cookie)
+      assert.are.equal(h1, reqs[1].headers) -- built once
+    end)
+
     it("matches a trailing * and gives the rest as params['*']", function()
       local _, url = serve(nil, function(app)
         app:get("/files/*", function(req) return {rest = req.params["*"]} end)
