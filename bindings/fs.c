@@ -542,6 +542,7 @@ static void lf_closed(uv_fs_t *req) {
 
 /* Closes the descriptor (on the thread pool) and frees lf. */
 static void lf_close(lines_file *lf) {
+  lf->req.data = lf; /* also when no read ever used req */
   if (lf->fd >= 0 && !lf->st->closing) {
     track(lf->st, 1);
     if (uv_fs_close(ah_host_loop(lf->st->host), &lf->req, lf->fd, lf_closed) ==
