@@ -89,19 +89,21 @@ static const char *reason_phrase(int code) {
 }
 
 /* "Date: ...\r\n", formatted once a second (locale-independent). */
-static const char *date_line(http_server *s) {
+static const char *date_line(http_server *s, size_t *len) {
   static const char days[] = "SunMonTueWedThuFriSat";
   static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
   time_t now = time(NULL);
   if (now != s->date_sec) {
     struct tm tm;
     gmtime_r(&now, &tm);
-    snprintf(s->date, sizeof s->date,
-             "Date: %.3s, %02d %.3s %04d %02d:%02d:%02d GMT\r\n",
-             days + 3 * tm.tm_wday, tm.tm_mday, months + 3 * tm.tm_mon,
-             tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    s->date_len = (size_t)snprintf(
+        s->date, sizeof s->date,
+        "Date: %.3s, %02d %.3s %04d %02d:%02d:%02d GMT\r\n",
+        days + 3 * tm.tm_wday, tm.tm_mday, months + 3 * tm.tm_mon,
+        tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
     s->date_sec = now;
   }
+  *len = s->date_len;
   return s->date;
 }
 
@@ -549,8 +551,9 @@ int http_write_head(http_conn *c, lua_State *L, http_wreq *w, int status,
       c->close_after = 1;
   }
   if (!(flags & 2)) {
-    const char *d = date_line(s);
-    if (wadd(w, d, strlen(d)) != 0) goto oom;
+    size_t dlen;
+    const char *d = date_line(s, &dlen);
+    if (wadd(w, d, dlen) != 0) goto oom;
   }
   if (c->close_after) {
     if (WADDL(w, "Connection: close\r\n") != 0) goto oom;
@@ -811,6 +814,12 @@ static http_req *new_req(lua_State *L, http_server *s, http_conn *c) {
   return r;
 }
 
+/* The request table's keys, interned once (s->ref_keys), so that filling
+   it costs no string lookups. */
+enum { KEY_METHOD = 1, KEY_PATH, KEY_QUERY, KEY_BODY, KEY_R, NKEYS };
+static const char *const key_names[NKEYS] = {NULL,     "method", "path",
+                                             "_query", "body",   "_r"};
+
 /* The request is complete: build the Lua request, start its task. */
 static void conn_dispatch(http_conn *c) {
   http_server *s = c->srv;
@@ -819,11 +828,15 @@ static void conn_dispatch(http_conn *c) {
   const char *url = c->head, *q, *end;
   size_t ulen = c->url_len;
   http_req *r;
+  int keys;
   lua_checkstack(L, 8);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_dispatch);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_keys); /* keys: see KEY_ */
+  keys = lua_gettop(L);
   lua_createtable(L, 0, 8);
+  lua_rawgeti(L, keys, KEY_METHOD);
   lua_pushstring(L, llhttp_method_name((llhttp_method_t)c->method));
-  lua_setfield(L, -2, "method");
+  lua_rawset(L, -3);
   if (ulen && url[0] != '/') { /* absolute-form: http://host/path */
     const char *p = memchr(url, ':', ulen);
     if (p && (size_t)(p - url) + 3 <= ulen && p[1] == '/' && p[2] == '/') {
@@ -844,22 +857,27 @@ static void conn_dispatch(http_conn *c) {
     if (hash && (!q || hash < q)) q = NULL, end = hash;
     if (hash && q && hash > q) end = hash;
   }
+  lua_rawgeti(L, keys, KEY_PATH);
   lua_pushlstring(L, url, (size_t)((q ? q : end) - url));
-  lua_setfield(L, -2, "path");
+  lua_rawset(L, -3);
   if (q) {
+    lua_rawgeti(L, keys, KEY_QUERY);
     lua_pushlstring(L, q + 1, (size_t)(end - q - 1));
-    lua_setfield(L, -2, "_query");
+    lua_rawset(L, -3);
   }
+  lua_rawgeti(L, keys, KEY_BODY);
   if (c->blen)
     lua_pushlstring(L, c->body, c->blen);
   else
     lua_pushliteral(L, "");
-  lua_setfield(L, -2, "body");
+  lua_rawset(L, -3);
+  lua_rawgeti(L, keys, KEY_R);
   r = new_req(L, s, c);
   c->req = r;
-  lua_setfield(L, -2, "_r");
+  lua_rawset(L, -3);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_luamt);
   lua_setmetatable(L, -2);
+  lua_remove(L, keys);
   if (c->bcap > 256 * 1024) { /* do not keep a big upload's buffer */
     free(c->body);
     c->body = NULL;
@@ -1179,6 +1197,7 @@ static void server_free(http_server *s) {
   luaL_unref(L, LUA_REGISTRYINDEX, s->ref_dispatch);
   luaL_unref(L, LUA_REGISTRYINDEX, s->ref_reqmt);
   luaL_unref(L, LUA_REGISTRYINDEX, s->ref_luamt);
+  luaL_unref(L, LUA_REGISTRYINDEX, s->ref_keys);
   luaL_unref(L, LUA_REGISTRYINDEX, s->ref_sdt);
   luaL_unref(L, LUA_REGISTRYINDEX, s->ref_self);
   while (s->free_wreqs) {
@@ -1474,7 +1493,7 @@ static int start_listening(lua_State *L, http_server *s,
   ah_host *h = s->host;
   char where[80], ip[64];
   struct sockaddr_storage bound;
-  int rc, namelen = sizeof bound, backlog, reuseport;
+  int rc, namelen = sizeof bound, backlog, reuseport, i;
   http_server **ud;
   uv_ip_name(sa, ip, sizeof ip);
   snprintf(where, sizeof where, sa->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d",
@@ -1524,6 +1543,12 @@ static int start_listening(lua_State *L, http_server *s,
   s->ref_reqmt = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, 1, "req_mt");
   s->ref_luamt = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_createtable(L, NKEYS - 1, 0);
+  for (i = 1; i < NKEYS; i++) {
+    lua_pushstring(L, key_names[i]);
+    lua_rawseti(L, -2, i);
+  }
+  s->ref_keys = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, 1, "shutdown_timeout");
   s->ref_sdt = luaL_ref(L, LUA_REGISTRYINDEX);
   ud = lua_newuserdatauv(L, sizeof *ud, 0);
@@ -1605,8 +1630,8 @@ static int l_listen(lua_State *L) {
   s = calloc(1, sizeof *s);
   if (!s) return luaL_error(L, "http: out of memory");
   s->host = h;
-  s->ref_self = s->ref_dispatch = s->ref_reqmt = s->ref_luamt = s->ref_sdt =
-      LUA_NOREF;
+  s->ref_self = s->ref_dispatch = s->ref_reqmt = s->ref_luamt = s->ref_keys =
+      s->ref_sdt = LUA_NOREF;
   s->max_body = (size_t)opt_num(L, 1, "max_body", 8 * 1024 * 1024);
   s->max_header = (size_t)opt_num(L, 1, "max_header", 16 * 1024);
   s->idle_ms = secs_to_ms(opt_num(L, 1, "idle_timeout", 60));

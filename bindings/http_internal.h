@@ -91,7 +91,7 @@ struct http_server {
   int nfree;
   ah_task *closer;  /* a task waiting in srv:close() */
   http_server **ud; /* the Lua handle's pointer to us */
-  int ref_self, ref_dispatch, ref_reqmt, ref_luamt, ref_sdt;
+  int ref_self, ref_dispatch, ref_reqmt, ref_luamt, ref_keys, ref_sdt;
   int port;
   int listening; /* the listener handle is open */
   int draining;  /* close() or a shutdown began */
@@ -102,6 +102,7 @@ struct http_server {
   int max_conns, access_log, worker_ppid;
   time_t date_sec;
   char date[48];
+  size_t date_len;
   char rbuf[HTTP_RBUF];
 };
 

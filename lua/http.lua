@@ -183,7 +183,7 @@ local function shape(req, a, b, c)
   if rawget(req, "_streamed") then return 0 end
   local ta = type(a)
   if ta == "table" or ta == "string" or ta == "userdata" then
-    return 200, a, type(b) == "table" and b or nil
+    return 200, a, b ~= nil and type(b) == "table" and b or nil
   elseif ta == "number" then
     if math.type(a) ~= "integer" or a < 200 or a > 999 then
       return false, "the handler returned an invalid status " .. tostring(a)
