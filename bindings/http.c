@@ -816,9 +816,17 @@ static http_req *new_req(lua_State *L, http_server *s, http_conn *c) {
 
 /* The request table's keys, interned once (s->ref_keys), so that filling
    it costs no string lookups. */
-enum { KEY_METHOD = 1, KEY_PATH, KEY_QUERY, KEY_BODY, KEY_R, NKEYS };
-static const char *const key_names[NKEYS] = {NULL,     "method", "path",
-                                             "_query", "body",   "_r"};
+enum {
+  KEY_METHOD = 1,
+  KEY_PATH,
+  KEY_QUERY,
+  KEY_BODY,
+  KEY_R,
+  KEY_STREAMED,
+  NKEYS
+};
+static const char *const key_names[NKEYS] = {
+    NULL, "method", "path", "_query", "body", "_r", "_streamed"};
 
 /* The request is complete: build the Lua request, start its task. */
 static void conn_dispatch(http_conn *c) {
@@ -874,6 +882,9 @@ static void conn_dispatch(http_conn *c) {
   lua_rawgeti(L, keys, KEY_R);
   r = new_req(L, s, c);
   c->req = r;
+  lua_rawset(L, -3);
+  lua_rawgeti(L, keys, KEY_STREAMED);
+  lua_pushboolean(L, 0);
   lua_rawset(L, -3);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_luamt);
   lua_setmetatable(L, -2);

@@ -180,7 +180,7 @@ end
 -- false, message when they are not a response. Status 0: the response
 -- was streamed (it is out).
 local function shape(req, a, b, c)
-  if rawget(req, "_streamed") then return 0 end
+  if req._streamed then return 0 end -- false from the start: no __index
   local ta = type(a)
   if ta == "table" or ta == "string" or ta == "userdata" then
     return 200, a, b ~= nil and type(b) == "table" and b or nil
@@ -323,27 +323,31 @@ local function not_found(app, req)
   return 404, {error = "not found"}, nil
 end
 
--- Routes the request and runs its handler -> status, body, headers.
--- The call stack stays shallow: every level a request reaches costs its
--- fresh coroutine an allocation.
-local function handle(app, req)
-  local method, path = req.method, req.path
-  local ex, fn, params = app._exact[method]
-  fn = ex and ex[path]
-  if not fn then
-    fn, params = find(app, method, path)
-    if not fn then fn, params = find(app, "*", path) end
-    if not fn and method == "HEAD" then fn, params = find(app, "GET", path) end
-    if not fn then return not_found(app, req) end
-    if params then rawset(req, "params", params) end
-  end
-  local ok, a, b, c = xpcall(fn, msgh, req)
+-- xpcall(handler, msgh, req)'s results -> status, body, headers.
+local function outcome(req, ok, a, b, c)
   if ok then
+    if not req._streamed then -- the usual answers, as shape gives them
+      local ta = type(a)
+      if ta == "table" or ta == "string" then
+        return 200, a, b ~= nil and type(b) == "table" and b or nil
+      end
+    end
     local s, x, y = shape(req, a, b, c)
     if s ~= false then return s, x, y end
     a = x -- not a response: a failure (raised where the handler returned)
   end
   return normalize(req, failed(req, a))
+end
+
+-- Routes the request and runs its handler -> status, body, headers.
+local function handle(app, req)
+  local method, path = req.method, req.path
+  local fn, params = find(app, method, path)
+  if not fn then fn, params = find(app, "*", path) end
+  if not fn and method == "HEAD" then fn, params = find(app, "GET", path) end
+  if not fn then return not_found(app, req) end
+  if params then rawset(req, "params", params) end
+  return outcome(req, xpcall(fn, msgh, req))
 end
 
 local function run_chain(app, req, i)
@@ -359,10 +363,18 @@ local function run_chain(app, req, i)
   return normalize(req, mw(req, nxt))
 end
 
+-- The function each request's task runs. An exact route without
+-- middleware is the short way: the call stack stays shallow, since each
+-- level a request reaches costs its fresh coroutine an allocation.
 local function dispatcher(app)
-  local mws = app._mw
+  local mws, exact = app._mw, app._exact
   return function(req)
-    if not mws[1] then return finalize(req, handle(app, req)) end
+    if not mws[1] then
+      local ex = exact[req.method]
+      local fn = ex and ex[req.path]
+      if fn then return finalize(req, outcome(req, xpcall(fn, msgh, req))) end
+      return finalize(req, handle(app, req))
+    end
     local ok, s, b, h = xpcall(run_chain, msgh, app, req, 1)
     if not ok then s, b, h = normalize(req, failed(req, s)) end
     return finalize(req, s, b, h)
