@@ -520,7 +520,9 @@ static int add_status_line(http_wreq *w, int status) {
 
 /* Appends a response head to w. clen >= 0: Content-Length; -1: a stream
    (chunked, or close-delimited for HTTP/1.0); -2: no body (204, 304).
-   Returns -1 with err set when the handler's headers are invalid. */
+   ctype (may be NULL), the default Content-Type, is one of our own
+   constants, written as it is; the headers at hidx are checked. Returns
+   -1 with err set when the handler's headers are invalid. */
 int http_write_head(http_conn *c, lua_State *L, http_wreq *w, int status,
                     int hidx, const char *ctype, int64_t clen, char *err,
                     size_t errlen) {
@@ -534,11 +536,9 @@ int http_write_head(http_conn *c, lua_State *L, http_wreq *w, int status,
     return -1;
   }
   if (ctype && !(flags & 1) &&
-      add_header_line(w, "Content-Type", 12, ctype, strlen(ctype), err,
-                      errlen) != 0) {
-    w->len = mark;
-    return -1;
-  }
+      (WADDL(w, "Content-Type: ") != 0 || wadd(w, ctype, strlen(ctype)) != 0 ||
+       WADDL(w, "\r\n") != 0))
+    goto oom;
   if (clen >= 0) {
     if (WADDL(w, "Content-Length: ") != 0 || add_uint(w, (uint64_t)clen) != 0 ||
         WADDL(w, "\r\n") != 0)

@@ -196,8 +196,11 @@ static int sendfile_k(lua_State *L, int status, lua_KContext ctx) {
   }
   lua_pushstring(L, date);
   lua_setfield(L, 4, "Last-Modified");
-  if (http_write_head(c, L, w, 200, 4, luaL_optstring(L, 3, NULL), op->size,
-                      err, sizeof err) != 0) {
+  if (lua_type(L, 3) == LUA_TSTRING) { /* from http.content_types: checked */
+    lua_pushvalue(L, 3);
+    lua_setfield(L, 4, "Content-Type");
+  }
+  if (http_write_head(c, L, w, 200, 4, NULL, op->size, err, sizeof err) != 0) {
     http_wreq_put(c->srv, w);
     op->before_head = 1;
     op_finish(op, UV_EINVAL);

@@ -511,6 +511,23 @@ describe("http.server", function()
       assert.are.equal(404, get(url .. "/s/").status)
       assert.are.equal(403, get(url .. "/s/%2e%2e/%2e%2e/etc/passwd").status)
     end)
+
+    it("refuses a content type from http.content_types that would split the head", function()
+      local dir = H.env("AH_TEST_TMP") .. "/static_evil"
+      os.execute("mkdir -p " .. H.shell_quote(dir))
+      local f = assert(io.open(dir .. "/a.evil", "w"))
+      f:write("x")
+      f:close()
+      http.content_types.evil = "text/plain\r\nX-Evil: 1"
+      local ok, err = pcall(function()
+        local _, url = serve(nil, function(app) app:static("/s/", dir) end)
+        local res = get(url .. "/s/a.evil")
+        assert.are.equal(500, res.status)
+        assert.is_nil(res.headers["x-evil"])
+      end)
+      http.content_types.evil = nil
+      assert(ok, err)
+    end)
   end)
 
   describe("listen and close", function()
