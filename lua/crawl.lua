@@ -467,8 +467,10 @@ CREATE TABLE IF NOT EXISTS crawl_results (
   PRIMARY KEY (crawl, url)
 );
 
--- Adds URLs at a depth; returns how many were new. With max_pages the
--- crawl's row is locked so concurrent workers cannot overshoot it.
+-- Adds URLs at a depth; returns how many were new. The crawl's row is
+-- locked before anything else (before the inserts' foreign-key checks
+-- share-lock it), so concurrent workers neither overshoot max_pages nor
+-- deadlock upgrading those share locks or inserting the same URLs.
 CREATE OR REPLACE FUNCTION crawl_admit(p_crawl text, p_urls jsonb, p_depth integer)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
@@ -476,13 +478,11 @@ DECLARE
   v_room integer;
   v_n integer;
 BEGIN
-  SELECT max_pages INTO v_max FROM crawl_runs WHERE crawl = p_crawl;
+  SELECT max_pages, max_pages - admitted INTO v_max, v_room FROM crawl_runs
+   WHERE crawl = p_crawl FOR UPDATE;
   IF v_max IS NULL THEN RAISE EXCEPTION 'crawl % does not exist', p_crawl; END IF;
-  IF v_max > 0 THEN
-    SELECT max_pages - admitted INTO v_room FROM crawl_runs
-     WHERE crawl = p_crawl FOR UPDATE;
-    IF v_room <= 0 THEN RETURN 0; END IF;
-  END IF;
+  IF v_max > 0 AND v_room <= 0 THEN RETURN 0; END IF;
+  IF v_max <= 0 THEN v_room := NULL; END IF;
   INSERT INTO crawl_frontier (crawl, url, depth)
   SELECT p_crawl, t.u, p_depth
     FROM jsonb_array_elements_text(p_urls) WITH ORDINALITY AS t(u, i)
@@ -524,6 +524,7 @@ CREATE OR REPLACE FUNCTION crawl_complete(p_crawl text, p_url text, p_worker tex
                                           p_result jsonb, p_links jsonb)
 RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
+  PERFORM 1 FROM crawl_runs WHERE crawl = p_crawl FOR UPDATE;
   UPDATE crawl_frontier SET state = 'done', lease_until = NULL
    WHERE crawl = p_crawl AND url = p_url AND state = 'leased' AND worker = p_worker;
   IF NOT FOUND THEN RETURN false; END IF;
