@@ -1160,15 +1160,13 @@ static int conn_read_start(http_conn *c) {
   return uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
-static void on_connection(uv_stream_t *server, int status) {
-  http_server *s = server->data;
-  http_conn *c;
-  if (status < 0 || s->draining) return;
-  c = calloc(1, sizeof *c);
-  if (!c) return;
+/* A connection of s whose socket is not open yet. */
+static http_conn *conn_new(http_server *s) {
+  http_conn *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
   if (uv_tcp_init(ah_host_loop(s->host), &c->tcp) != 0) {
     free(c);
-    return;
+    return NULL;
   }
   c->srv = s;
   c->next = s->conns;
@@ -1176,10 +1174,12 @@ static void on_connection(uv_stream_t *server, int status) {
   s->conns = c;
   s->nconns++;
   ah_host_count(s->host, "http.conn", 1);
-  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
-    conn_close(c);
-    return;
-  }
+  return c;
+}
+
+/* The socket is open: start reading requests. */
+static void conn_start(http_conn *c) {
+  http_server *s = c->srv;
   uv_tcp_nodelay(&c->tcp, 1);
   llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
   c->parser.data = c;
@@ -1198,6 +1198,30 @@ static void on_connection(uv_stream_t *server, int status) {
     respond_simple(c, 503, 1);
     conn_end(c);
   }
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  http_server *s = server->data;
+  http_conn *c;
+  if (status < 0 || s->draining || !(c = conn_new(s))) return;
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    conn_close(c);
+    return;
+  }
+  conn_start(c);
+}
+
+int http_open_fd(http_server *s, int fd) {
+  http_conn *c;
+  int rc;
+  if (s->draining) return UV_ECANCELED;
+  if (!(c = conn_new(s))) return UV_ENOMEM;
+  if ((rc = uv_tcp_open(&c->tcp, fd)) != 0) {
+    conn_close(c);
+    return rc;
+  }
+  conn_start(c);
+  return 0;
 }
 
 /* ---- the server's life

@@ -116,6 +116,10 @@ int http_write_head(http_conn *c, lua_State *L, http_wreq *w, int status,
 int http_send(http_conn *c, http_wreq *w, const char *extra, size_t elen);
 void http_conn_abort(http_conn *c);
 http_conn *http_check_req(lua_State *L, int idx);
+/* Serves the connected stream socket fd as an accepted connection (fuzz/
+   feeds raw requests through a socketpair). 0, or a libuv error and fd
+   is left open. */
+int http_open_fd(http_server *s, int fd);
 
 /* http_file.c */
 int http_l_sendfile(lua_State *L);
