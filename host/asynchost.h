@@ -38,7 +38,9 @@ const char *ah_err_name(int code);
 typedef struct ah_options {
   uv_loop_t *loop;   /* run on this loop; NULL: the host makes its own */
   int globals;       /* also install the Lua API as globals */
-  int signals;       /* handle SIGINT/SIGTERM as the CLI does (SIGPIPE is
+  int signals;       /* handle SIGINT/SIGTERM as the CLI does, including
+                        a task that runs on without yielding: it is
+                        cancelled 1 s after the signal (SIGPIPE is
                         ignored by every host unless the application set a
                         handler) */
   const char *path;  /* prepended to package.path (may be NULL) */
@@ -109,6 +111,29 @@ int ah_host_status(ah_host *h);
 /* Starts a graceful shutdown as SIGTERM does: servers stop accepting,
    tasks get `shutdown_timeout` seconds, then are cancelled. */
 void ah_host_shutdown(ah_host *h);
+
+/* ---- limits --------------------------------------------------------- */
+
+/* Caps the bytes the host's Lua state may hold (0, the default: no cap).
+   An allocation inside a task that would pass it fails after an emergency
+   collection: that task gets "not enough memory" like any error (pcall
+   catches it; uncaught, it is reported) and the other tasks go on. The
+   host's own work between tasks is never refused, so it cannot panic.
+   AH_EINVAL on a host made by ah_host_attach (the allocator is the
+   application's). */
+int ah_host_set_memory_limit(ah_host *h, size_t bytes);
+
+/* The bytes the host's Lua state holds now; its cap (0: none). */
+size_t ah_host_memory(ah_host *h);
+size_t ah_host_memory_limit(ah_host *h);
+
+/* Fails a task that runs `seconds` without yielding with "cpu: task ran
+   N s without yielding", raised where it runs (pcall and <close> see it).
+   If it still runs another `seconds` without yielding (a pcall caught the
+   error), it is stopped for good. Checked every 1000 Lua instructions by
+   a count hook; 0 (the default) installs no hook. AH_EINVAL if seconds is
+   negative. */
+int ah_host_set_cpu_limit(ah_host *h, double seconds);
 
 /* Hooks that bindings and applications hang on the host's life. */
 #define AH_ON_SHUTDOWN 0 /* a graceful shutdown began: stop accepting */

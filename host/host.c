@@ -238,12 +238,8 @@ void ah_host_shutdown(ah_host *h) {
 
 static void on_signal(uv_signal_t *sig, int signum) {
   ah_host *h = sig->data;
-  if (h->shutdown) { /* a second signal exits at once */
-    fflush(stdout);
-    fprintf(stderr, "asynchost: %s again, exiting now\n",
-            signum == SIGINT ? "interrupted" : "terminated");
-    _Exit(128 + signum);
-  }
+  if (ah__signal_seen_early(h)) return;     /* limits.c acted on it already */
+  if (h->shutdown) ah__signal_exit(signum); /* a second signal: at once */
   if (signum == SIGINT && h->status == 0) h->status = 130;
   ah_host_shutdown(h);
   h->shutdown = signum;
@@ -269,6 +265,7 @@ static int init_signals(ah_host *h) {
     uv_signal_start(sigs[i], on_signal, nums[i]);
     uv_unref((uv_handle_t *)sigs[i]);
   }
+  ah__signals_register(h);
   return AH_OK;
 }
 
@@ -479,6 +476,7 @@ static ah_host *host_make(const ah_options *opts, lua_State *L) {
   } else {
     h->L = luaL_newstate();
     if (!h->L) goto fail_handles;
+    ah__alloc_install(h);
     lua_atpanic(h->L, on_panic);
     L = h->L;
   }
@@ -672,6 +670,7 @@ void ah_host_free(ah_host *h) {
   ah_host_close_handle(h, (uv_handle_t *)&h->prepare, NULL);
   ah_host_close_handle(h, (uv_handle_t *)&h->drain, NULL);
   if (h->signals) {
+    ah__signals_unregister(h);
     ah_host_close_handle(h, (uv_handle_t *)&h->sigint, NULL);
     ah_host_close_handle(h, (uv_handle_t *)&h->sigterm, NULL);
   }

@@ -5,6 +5,7 @@
 #ifndef AH_INTERNAL_H
 #define AH_INTERNAL_H
 
+#include <signal.h>
 #include <stddef.h>
 
 #include <lauxlib.h>
@@ -111,6 +112,18 @@ struct ah_host {
   int ref_perr; /* registry: parent task -> failed child task */
   char *error;
   int freeing;
+  /* limits.c: memory, time without yielding, signals while Lua runs */
+  size_t mem_used, mem_limit; /* bytes; limit 0: none */
+  uint64_t cpu_limit;         /* ns a task may run without yielding; 0: none */
+  uint64_t resumed_at;        /* uv_hrtime() when the current task resumed */
+  uint64_t sig_at;            /* when the hook first saw the signal */
+  volatile sig_atomic_t limits;    /* hooks wanted: LIMIT_CPU | LIMIT_SIGNAL */
+  volatile sig_atomic_t sig_count; /* SIGINT/SIGTERM seen by the handler */
+  volatile sig_atomic_t sig_num;   /* the last of them */
+  int sig_early; /* signals the hook acted on before the loop saw them */
+  int strikes;   /* limit errors raised since the task resumed */
+  int stopping;  /* the hook yielded to stop the task for good */
+  char stop_msg[96];
 };
 
 /* host.c */
@@ -139,6 +152,16 @@ void ah__cancel_all(ah_host *h, const char *reason);
 int ah__is_cancel_error(lua_State *L, int idx);
 void ah__tasklib_open(lua_State *L, int mod);
 void ah__push_traceback_msgh(lua_State *L);
+
+/* limits.c */
+#define AH__LIMIT_CPU 1
+#define AH__LIMIT_SIGNAL 2
+void ah__alloc_install(ah_host *h);
+void ah__limits_resume(ah_host *h, lua_State *co);
+void ah__signals_register(ah_host *h);
+void ah__signals_unregister(ah_host *h);
+int ah__signal_seen_early(ah_host *h);
+void ah__signal_exit(int signum);
 
 /* timer.c */
 int ah__timers_init(ah_host *h);

@@ -55,6 +55,18 @@ static int l_stats(lua_State *L) {
   return 1;
 }
 
+/* memory() -> used, limit|nil: the bytes the Lua state holds, and its cap
+   (--max-memory). Not in stats(), whose fields count what is left. */
+static int l_memory(lua_State *L) {
+  ah_host *h = ah_host_of(L);
+  lua_pushinteger(L, (lua_Integer)ah_host_memory(h));
+  if (ah_host_memory_limit(h))
+    lua_pushinteger(L, (lua_Integer)ah_host_memory_limit(h));
+  else
+    lua_pushnil(L);
+  return 2;
+}
+
 /* shutdown_timeout([s]) -> s: how long a graceful shutdown waits */
 static int l_shutdown_timeout(lua_State *L) {
   ah_host *h = ah_host_of(L);
@@ -77,6 +89,21 @@ static int l_shutting_down(lua_State *L) {
   return 1;
 }
 
+static int call_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L);
+}
+
+/* _call(f, ...) -> f(...) called from C, unprotected: the CLI runs the
+   script so, for its traceback to say "main chunk" and to be taken where
+   any error (even a memory error, which skips message handlers) happened. */
+static int l_call(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, call_k);
+  return call_k(L, LUA_OK, 0);
+}
+
 static void open_lua_part(lua_State *L, int mod, const char *name) {
   if (ah__load_lua(L, name) != LUA_OK) lua_error(L);
   lua_pushvalue(L, mod);
@@ -94,7 +121,8 @@ void ah__module_open(lua_State *L, int globals) {
   static const luaL_Reg funcs[] = {
       {"stats", l_stats},       {"shutdown_timeout", l_shutdown_timeout},
       {"shutdown", l_shutdown}, {"shutting_down", l_shutting_down},
-      {"_load", load_embedded}, {NULL, NULL}};
+      {"memory", l_memory},     {"_load", load_embedded},
+      {"_call", l_call},        {NULL, NULL}};
   int mod;
   lua_newtable(L);
   mod = lua_gettop(L);
@@ -124,7 +152,8 @@ void ah__module_open(lua_State *L, int globals) {
     lua_pushnil(L);
     while (lua_next(L, mod)) {
       const char *k = lua_tostring(L, -2);
-      if (k[0] != '_' && strcmp(k, "version") != 0 && strcmp(k, "stats") != 0)
+      if (k[0] != '_' && strcmp(k, "version") != 0 && strcmp(k, "stats") != 0 &&
+          strcmp(k, "memory") != 0)
         lua_setglobal(L, k);
       else
         lua_pop(L, 1);

@@ -114,7 +114,8 @@ static void trim_traceback(lua_State *L) {
     if (nl == s) break;
     if (strncmp(nl, "\t[C]: in ?", 10) != 0 &&
         strncmp(nl, "\tasynchost.", 11) != 0 &&
-        strncmp(nl, "\t[C]: in function 'xpcall'", 26) != 0)
+        strncmp(nl, "\t[C]: in function 'xpcall'", 26) != 0 &&
+        strncmp(nl, "\t[C]: in function 'asynchost._call'", 35) != 0)
       break;
     end = nl - 1;
   }
@@ -447,10 +448,15 @@ static void task_run(ah_task *t) {
   h->current = t;
   h->rstack[0] = co;
   h->rdepth = 1;
+  if (h->limits) ah__limits_resume(h, co);
   st = lua_resume(co, h->L, nargs, &nres);
   h->current = NULL;
   h->rdepth = 0;
-  if (st == LUA_YIELD) {
+  if (st == LUA_YIELD && h->stopping) { /* see limits.c: stop_hard */
+    h->stopping = h->suspending = 0;
+    lua_pushstring(co, h->stop_msg);
+    body_failed(t);
+  } else if (st == LUA_YIELD) {
     t->state = AH__SUSPENDED;
     if (h->suspending)
       h->suspending = 0;
