@@ -29,6 +29,10 @@ static void print_usage(FILE *f) {
           "  -W        turn warnings on\n"
           "  --workers N  run the script as N worker processes that share\n"
           "            its listening port (a supervisor restarts them)\n"
+          "  --max-memory SIZE  cap Lua's memory (bytes, or 512K, 64M, 1G):\n"
+          "            a task that needs more fails with 'not enough memory'\n"
+          "  --max-cpu SECONDS  fail a task that runs that long without\n"
+          "            yielding (a CPU loop) with 'cpu: ...'\n"
           "  --        stop handling options\n"
           "  -         stop handling options and execute stdin\n"
           "  -h, --help  show this help\n"
@@ -53,6 +57,8 @@ typedef struct cli {
   int interactive, version, ignore_env, warnings, exec;
   int nactions;
   int workers, workers_at, workers_len; /* --workers N and where it is */
+  size_t max_memory;                    /* 0: none */
+  double max_cpu;                       /* 0: none */
 } cli;
 
 static int usage_error(const char *msg, const char *opt) {
@@ -61,9 +67,81 @@ static int usage_error(const char *msg, const char *opt) {
   return -1;
 }
 
+/* "--name VALUE" or "--name=VALUE" at argv[*i]: the value, or NULL if
+   the option is another one. Moves *i past a separate value. */
+static const char *long_value(int argc, char **argv, int *i, const char *name) {
+  const char *a = argv[*i];
+  size_t n = strlen(name);
+  if (strncmp(a, name, n) != 0) return NULL;
+  if (a[n] == '=') return a + n + 1;
+  if (a[n] != '\0') return NULL;
+  if (*i + 1 >= argc) return "";
+  return argv[++*i];
+}
+
+/* "4096", "512K", "64M", "1.5G" (powers of 1024, an optional B or iB) */
+static int parse_size(const char *v, size_t *out) {
+  char *end;
+  double n = strtod(v, &end), unit = 1;
+  if (end == v || !(n > 0)) return 0;
+  switch (*end) {
+  case 'k':
+  case 'K':
+    unit = 1024.0;
+    end++;
+    break;
+  case 'm':
+  case 'M':
+    unit = 1024.0 * 1024;
+    end++;
+    break;
+  case 'g':
+  case 'G':
+    unit = 1024.0 * 1024 * 1024;
+    end++;
+    break;
+  case 't':
+  case 'T':
+    unit = 1024.0 * 1024 * 1024 * 1024;
+    end++;
+    break;
+  }
+  if (unit > 1 && *end == 'i') end++;
+  if (*end == 'b' || *end == 'B') end++;
+  if (*end || n * unit < 1 || n * unit > (double)SIZE_MAX / 2) return 0;
+  *out = (size_t)(n * unit);
+  return 1;
+}
+
+static int parse_seconds(const char *v, double *out) {
+  char *end;
+  double s = strtod(v, &end);
+  if (end == v || *end || !(s > 0) || s > 1e6) return 0;
+  *out = s;
+  return 1;
+}
+
+/* --max-memory and --max-cpu: 1 if argv[*i] is one, -1 if its value is
+   bad, 0 if it is another option. */
+static int parse_limit(int argc, char **argv, int *i, cli *c) {
+  const char *v;
+  if ((v = long_value(argc, argv, i, "--max-memory")) != NULL)
+    return parse_size(v, &c->max_memory)
+               ? 1
+               : usage_error("'--max-memory' needs a size such as 64M or 1G "
+                             "(bytes, or K, M, G), not",
+                             v);
+  if ((v = long_value(argc, argv, i, "--max-cpu")) != NULL)
+    return parse_seconds(v, &c->max_cpu)
+               ? 1
+               : usage_error("'--max-cpu' needs a number of seconds > 0, not",
+                             v);
+  return 0;
+}
+
 /* Scans options as lua.c does; returns -1 on a bad one, 1 for --help. */
 static int parse_args(int argc, char **argv, cli *c) {
-  int i;
+  int i, rc;
   memset(c, 0, sizeof *c);
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -80,6 +158,10 @@ static int parse_args(int argc, char **argv, cli *c) {
       return 0;
     }
     if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) return 1;
+    if ((rc = parse_limit(argc, argv, &i, c)) != 0) {
+      if (rc < 0) return -1;
+      continue;
+    }
     if (strncmp(a, "--workers", 9) == 0 && (a[9] == '\0' || a[9] == '=')) {
       const char *v = a[9] ? a + 10 : i + 1 < argc ? argv[i + 1] : "";
       char *end;
@@ -211,6 +293,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s: cannot create the host (out of memory)\n", progname);
     return 1;
   }
+  ah_host_set_memory_limit(h, c.max_memory);
+  ah_host_set_cpu_limit(h, c.max_cpu);
   L = ah_host_lua(h);
   if (ah__load_lua(L, "cli") != LUA_OK) {
     fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));

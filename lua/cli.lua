@@ -79,10 +79,9 @@ end
 if cfg.script then
   local f, err = loadfile(cfg.script ~= "-" and cfg.script or nil)
   if not f then fail(err) end
-  -- called from C (xpcall) so that the traceback names it "main chunk"
-  local r = table.pack(xpcall(f, require("asynchost")._msgh,
-                              table.unpack(cfg.args, 1, cfg.args.n)))
-  if not r[1] then error(r[2], 0) end
+  -- called from C so that the traceback names it "main chunk"; unprotected,
+  -- so that it is taken where the error happened, even "not enough memory"
+  require("asynchost")._call(f, table.unpack(cfg.args, 1, cfg.args.n))
 end
 if cfg.interactive then
   if cfg.banner then print(cfg.banner) end
