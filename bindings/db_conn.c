@@ -1109,10 +1109,13 @@ static int stale(const db_op *op) {
           strstr(op->err, "cached plan"));
 }
 
+static void cancel_abandoned(db_conn *c);
+
 static void finish(db_conn *c, db_op *op) {
   db_list_remove(op);
   c->nops--;
   if (op == c->cancel_target) c->cancel_target = NULL;
+  cancel_abandoned(c);
   if (op->kind == DB_PREPARE) {
     stmt_prepared(c, op);
     db_op_free(op);
@@ -1452,6 +1455,7 @@ static void cancel_done(uv_work_t *w, int status) {
   PQfreeCancel(req->pc);
   c->cancelling = 0;
   ah_host_count(c->host, "db.cancel", -1);
+  cancel_abandoned(c);
   if (c->state == DB_C_READY) pump(c);
   db_conn_unref(c);
   free(req);
@@ -1479,9 +1483,25 @@ static void send_cancel(db_conn *c, db_op *op) {
   ah_host_count(c->host, "db.cancel", 1);
 }
 
+/* Every statement in flight is a query whose task was cancelled: a
+   cancel request can only stop work nobody waits for. Sent for the first
+   of them, and again for the next when the first is through (several
+   cancelled queries pipelined on one connection, say a pool's under a
+   shutdown, would otherwise each run to its end). */
+static void cancel_abandoned(db_conn *c) {
+  db_op *o;
+  if (c->cancelling || c->cancel_target || c->state != DB_C_READY ||
+      !c->sent.head)
+    return;
+  for (o = c->sent.head; o; o = o->next)
+    if (!o->abandoned || o->kind != DB_QUERY) return;
+  send_cancel(c, c->sent.head);
+}
+
 void db_op_abandon(db_op *op) {
   db_conn *c = op->conn;
   op->task = NULL;
+  op->abandoned = 1;
   if (c) db_conn_ref(c);
   switch (op->state) {
   case DB_WAITING:
@@ -1504,6 +1524,8 @@ void db_op_abandon(db_op *op) {
     if (c->sent.head == op && !op->next && !c->cancelling &&
         (op->kind != DB_COPY || op->copy_phase == 2))
       send_cancel(c, op);
+    else
+      cancel_abandoned(c);
     break;
   default: /* DB_POOLWAIT, DB_LEASEWAIT, ... */
     db_op_free(op);

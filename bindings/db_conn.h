@@ -73,6 +73,7 @@ struct db_op {
   unsigned char retried;    /* already re-sent after a stale statement */
   unsigned char copy_phase; /* DB_COPY: 0 statement, 1 data, 2 end sent */
   unsigned char excl;       /* DB_LEASE: the lease is exclusive (pool) */
+  unsigned char abandoned;  /* its task was cancelled: results are dropped */
   int sub;                  /* results of this many commands seen */
   /* the request */
   char *sql;
