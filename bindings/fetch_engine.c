@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -78,11 +79,14 @@ static void transfer_done(fetch_engine *e, fetch_xfer *x, CURLcode result);
 static void running_add(fetch_engine *e, int delta) {
   int was = e->running;
   e->running += delta;
-  if (e->running * 2 > e->maxconnects) {
+  if (e->running * 2 > e->maxconnects && e->maxconnects < e->maxconnects_cap) {
     /* curl's default cache size (4 x the handles in the multi) shrinks
        as soon as transfers end, closing keep-alive connections that the
-       next requests want: size it by the peak instead. */
+       next requests want: size it by the peak instead, up to the cap (a
+       burst must not leave its idle connections holding every descriptor
+       the process may open: the db, the server and files need some). */
     e->maxconnects = e->running * 2;
+    if (e->maxconnects > e->maxconnects_cap) e->maxconnects = e->maxconnects_cap;
     curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)e->maxconnects);
   }
   if (was == 0 && e->running > 0) uv_ref((uv_handle_t *)e->alive);
@@ -1026,6 +1030,14 @@ int fetch_engine_ready(fetch_engine *e, char *err, size_t errlen) {
   curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
   e->maxconnects = 32;
   curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)e->maxconnects);
+  {
+    struct rlimit r;
+    e->maxconnects_cap = 1 << 30;
+    if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur != RLIM_INFINITY &&
+        r.rlim_cur / 4 < (rlim_t)e->maxconnects_cap)
+      e->maxconnects_cap = (int)(r.rlim_cur / 4);
+    if (e->maxconnects_cap < e->maxconnects) e->maxconnects_cap = e->maxconnects;
+  }
   return 0;
 oom:
   if (e->share) curl_share_cleanup(e->share);

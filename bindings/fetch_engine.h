@@ -83,6 +83,7 @@ struct fetch_engine {
   fetch_xfer *live; /* transfers given out and not yet released */
   int running;      /* easy handles in the multi */
   int maxconnects;  /* connection cache size: twice the peak of running */
+  int maxconnects_cap; /* ... but at most a quarter of RLIMIT_NOFILE */
   int closed;
   int async_dns; /* libcurl resolves off the loop (AsynchDNS) */
   /* limits on requests in flight; 0 = unlimited */
