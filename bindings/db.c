@@ -193,6 +193,7 @@ static int gbuf_gc(lua_State *L) {
 }
 
 static void gbuf_add(gbuf *b, const char *s, size_t n) {
+  if (n == 0) return; /* b->p may still be NULL */
   if (b->len + n > b->cap) {
     size_t cap = b->cap ? b->cap : 65536;
     char *p;

@@ -560,6 +560,16 @@ describe("conn:copy_in", function()
       c:query("select * from cp where id = 8")[1])
   end)
 
+  it("copies rows that begin with an empty string", function()
+    -- found by fuzz/fuzz_values: an empty first field was copied into
+    -- a buffer not yet allocated
+    assert.are.equal(2, c:copy_in("copy cp (name) from stdin", {{""}, {""}}))
+    local rows = c:query("select name from cp")
+    assert.are.equal(2, #rows)
+    assert.are.equal("", rows[1].name)
+    assert.are.equal("", rows[2].name)
+  end)
+
   it("returns db: for bad data and stays usable", function()
     local count, err = c:copy_in("copy cp (id) from stdin", {{1}, {"x"}})
     assert.is_nil(count)
