@@ -512,8 +512,9 @@ static void eval_xpath(lua_State *L, int doc_idx, xmlNodePtr ctx,
     lua_pushboolean(L, r->boolval);
     break;
   case XPATH_NUMBER:
-    if (r->floatval == (double)(lua_Integer)r->floatval &&
-        r->floatval >= -9007199254740992.0 && r->floatval <= 9007199254740992.0)
+    if (r->floatval >= -9007199254740992.0 &&
+        r->floatval <= 9007199254740992.0 && /* first: the cast needs it */
+        r->floatval == (double)(lua_Integer)r->floatval)
       lua_pushinteger(L, (lua_Integer)r->floatval);
     else
       lua_pushnumber(L, r->floatval);

@@ -292,6 +292,15 @@ describe("doc:xpath", function()
     assert.is_true(doc:xpath("count(//table) = 1"))
   end)
 
+  it("returns infinities, NaN and huge numbers as floats", function()
+    -- found by fuzz/fuzz_html_select: the integer test cast them first
+    assert.equal(math.huge, doc:xpath("count(//*) div 0"))
+    assert.equal(-math.huge, doc:xpath("-1 div 0"))
+    local nan = doc:xpath("0 div 0")
+    assert.is_true(nan ~= nan)
+    assert.equal("float", math.type(doc:xpath("100000000000000000000 * 3")))
+  end)
+
   it("evaluates relative to a node", function()
     local art = doc:select("article")[1]
     assert.equal("42", art:xpath("string(@data-id)"))
