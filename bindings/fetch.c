@@ -143,7 +143,7 @@ static void read_opts(lua_State *L, req_opts *o) {
                 luaL_typename(L, -2));
     k = lua_tostring(L, -2);
     if (strcmp(k, "method") == 0) {
-      size_t n, i;
+      size_t n = 0, i;
       const char *m =
           lua_type(L, v) == LUA_TSTRING ? lua_tolstring(L, v, &n) : NULL;
       if (!m) bad_option(L, k, "string", v);
