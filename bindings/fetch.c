@@ -6,6 +6,7 @@
 ** callable `fetch` table are in lua/fetch.lua.
 */
 #include <ctype.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -259,6 +260,14 @@ fail:
 #undef ADD
 }
 
+/* Seconds (> 0, maybe math.huge) -> curl's milliseconds: at least 1, at
+   most INT_MAX (24 days: as good as none; a bigger double does not fit
+   a long). */
+static long curl_ms(double s) {
+  double ms = ceil(s * 1000);
+  return ms < 1 ? 1 : ms > INT_MAX ? INT_MAX : (long)ms;
+}
+
 /* Sets the request's options on x's easy handle. */
 static void apply_opts(fetch_xfer *x, const char *url, const req_opts *o) {
   CURL *c = x->easy;
@@ -278,11 +287,9 @@ static void apply_opts(fetch_xfer *x, const char *url, const req_opts *o) {
   }
   if (x->headers) curl_easy_setopt(c, CURLOPT_HTTPHEADER, x->headers);
   if (o->timeout > 0)
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS,
-                     (long)fmax(1, ceil(o->timeout * 1000)));
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, curl_ms(o->timeout));
   if (o->connect_timeout > 0)
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS,
-                     (long)fmax(1, ceil(o->connect_timeout * 1000)));
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, curl_ms(o->connect_timeout));
   if (o->redirects > 0) {
     curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
     curl_easy_setopt(c, CURLOPT_MAXREDIRS,

@@ -295,6 +295,14 @@ describe("fetch", function()
       assert.equal("delayed", res.body)
     end)
 
+    it("takes math.huge and other huge timeouts as no limit", function()
+      -- found by fuzz/fuzz_values: the milliseconds overflowed a long
+      local res, err = fetch(O .. "/ping", {timeout = math.huge,
+        connect_timeout = 1e300})
+      assert.is_nil(err)
+      assert.equal("pong", res.body)
+    end)
+
     it("aborts a pending fetch at once when its task is cancelled", function()
       local before = sockets()
       local t = spawn(function() return fetch(O .. "/hang") end)
