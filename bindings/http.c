@@ -930,6 +930,7 @@ static int on_message_begin(llhttp_t *p) {
 }
 
 static int head_add(http_conn *c, const char *at, size_t len) {
+  if (len == 0) return 0; /* c->head may still be NULL */
   if ((size_t)c->hlen + len > c->srv->max_header) return -1;
   if (c->hlen + len > c->hcap) {
     uint32_t cap = c->hcap ? c->hcap : 1024;

@@ -259,6 +259,12 @@ describe("the http server with independent clients", function()
     assert.is_true(r.closed)
   end)
 
+  it("answers a request line without a target with 400 and closes", function()
+    local r = raw(srv, "empty_target")
+    assert.are.same({400}, r.statuses)
+    assert.is_true(r.closed)
+  end)
+
   it("answers huge headers with 431 and closes", function()
     local r = raw(srv, "huge_header")
     assert.are.same({431}, r.statuses)
