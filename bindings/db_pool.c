@@ -231,6 +231,14 @@ static int ready_conns(db_pool *p) {
   return n;
 }
 
+/* a connection the closed pool no longer needs */
+static void retire(db_pool *p, db_conn *c) {
+  db_conn_ref(c);
+  drop(p, c);
+  db_conn_close(c, "the pool is closed");
+  db_conn_unref(c);
+}
+
 static void on_conn_event(db_conn *c, int event) {
   db_pool *p = c->pool;
   db_op *w;
@@ -240,10 +248,7 @@ static void on_conn_event(db_conn *c, int event) {
   case DB_EV_CONNECTED:
     p->nconnecting--;
     if (p->closed) {
-      db_conn_ref(c);
-      drop(p, c);
-      db_conn_close(c, "the pool is closed");
-      db_conn_unref(c);
+      retire(p, c);
       break;
     }
     mark(p, c);
@@ -266,10 +271,7 @@ static void on_conn_event(db_conn *c, int event) {
     break;
   case DB_EV_PROGRESS:
     if (p->closed && idle(c)) {
-      db_conn_ref(c);
-      drop(p, c);
-      db_conn_close(c, "the pool is closed");
-      db_conn_unref(c);
+      retire(p, c);
       break;
     }
     mark(p, c);
