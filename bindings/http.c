@@ -1024,6 +1024,10 @@ static int on_headers_complete(llhttp_t *p) {
   c->keep_alive = (uint8_t)llhttp_should_keep_alive(p);
   c->upgrade = p->upgrade;
   c->head_only = p->method == HTTP_HEAD;
+  if (c->url_len == 0) { /* llhttp lets "CONNECT  HTTP/1.1" through */
+    c->err_status = 400;
+    return -1;
+  }
   if ((p->flags & F_CONTENT_LENGTH) && p->content_length > s->max_body) {
     c->err_status = 413;
     return -1;

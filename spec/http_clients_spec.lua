@@ -265,6 +265,12 @@ describe("the http server with independent clients", function()
     assert.is_true(r.closed)
   end)
 
+  it("answers a request without a target (CONNECT) with 400", function()
+    local r = raw(srv, "no_target")
+    assert.are.same({400}, r.statuses)
+    assert.is_true(r.closed)
+  end)
+
   it("answers huge headers with 431 and closes", function()
     local r = raw(srv, "huge_header")
     assert.are.same({431}, r.statuses)

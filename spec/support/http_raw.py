@@ -92,6 +92,12 @@ def empty_target(port):
     return send_and_read(port, b"CONNECT \r\x8a\rEz\r")
 
 
+def no_target(port):
+    """CONNECT without a target, which llhttp lets through (found by
+    fuzz/fuzz_http_request)."""
+    return send_and_read(port, b"CONNECT \r\n\n")
+
+
 def huge_header(port):
     big = b"X-Big: " + b"a" * 20000 + b"\r\n"
     return send_and_read(port, b"GET / HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
@@ -256,7 +262,7 @@ def holder(port):
 
 
 SCENARIOS = {f.__name__: f for f in [
-    bad_request_line, bad_version, empty_target, huge_header, many_headers, bad_chunk,
+    bad_request_line, bad_version, empty_target, no_target, huge_header, many_headers, bad_chunk,
     smuggle, header_crlf_in_request, inject, inject_ok, pipeline, http10,
     http10_keepalive, expect_continue, expect_too_big, body_too_big,
     slowloris, disconnect, holder]}
