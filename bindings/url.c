@@ -22,6 +22,18 @@ static int bad_url(lua_State *L, const char *s, CURLUcode rc) {
   return ah_push_fail(L, "http", "bad URL '%s': %s", s, curl_url_strerror(rc));
 }
 
+/* curl decodes %7f in a host name and keeps the byte, but refuses it raw
+   when the URL is read again: such a URL could be neither fetched nor
+   parsed back, so it is a bad one from the start. */
+static int host_ok(CURLU *u) {
+  char *host = NULL;
+  int ok;
+  if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) return 1;
+  ok = strchr(host, 0x7f) == NULL;
+  curl_free(host);
+  return ok;
+}
+
 /* Hosts are case-insensitive; curl keeps the case it was given. */
 static void lower_host(CURLU *u) {
   char *host = NULL, *p;
@@ -56,6 +68,7 @@ static int l_parse(lua_State *L) {
   char *port = NULL;
   if (!u) return luaL_error(L, "url.parse: out of memory");
   rc = curl_url_set(u, CURLUPART_URL, s, CURLU_NON_SUPPORT_SCHEME);
+  if (rc == CURLUE_OK && !host_ok(u)) rc = CURLUE_BAD_HOSTNAME;
   if (rc != CURLUE_OK) {
     curl_url_cleanup(u);
     return bad_url(L, s, rc);
@@ -110,6 +123,7 @@ static int l_resolve(lua_State *L) {
   int n;
   if (!u) return luaL_error(L, "url.resolve: out of memory");
   rc = curl_url_set(u, CURLUPART_URL, base, CURLU_NON_SUPPORT_SCHEME);
+  if (rc == CURLUE_OK && !host_ok(u)) rc = CURLUE_BAD_HOSTNAME;
   if (rc != CURLUE_OK) {
     curl_url_cleanup(u);
     return bad_url(L, base, rc);
@@ -119,6 +133,7 @@ static int l_resolve(lua_State *L) {
   else
     rc = curl_url_set(u, CURLUPART_URL, ref,
                       CURLU_NON_SUPPORT_SCHEME | CURLU_URLENCODE);
+  if (rc == CURLUE_OK && !host_ok(u)) rc = CURLUE_BAD_HOSTNAME;
   if (rc != CURLUE_OK) {
     curl_url_cleanup(u);
     return bad_url(L, ref, rc);
@@ -138,6 +153,7 @@ static int l_normalize(lua_State *L) {
   if (!u) return luaL_error(L, "url.normalize: out of memory");
   rc = curl_url_set(u, CURLUPART_URL, s,
                     CURLU_NON_SUPPORT_SCHEME | CURLU_URLENCODE);
+  if (rc == CURLUE_OK && !host_ok(u)) rc = CURLUE_BAD_HOSTNAME;
   if (rc != CURLUE_OK) {
     curl_url_cleanup(u);
     return bad_url(L, s, rc);
@@ -152,7 +168,8 @@ static int l_normalize(lua_State *L) {
 
 CURLU *ah__url_base(const char *s) {
   CURLU *u = curl_url();
-  if (u && curl_url_set(u, CURLUPART_URL, s, CURLU_URLENCODE) != CURLUE_OK) {
+  if (u && (curl_url_set(u, CURLUPART_URL, s, CURLU_URLENCODE) != CURLUE_OK ||
+            !host_ok(u))) {
     curl_url_cleanup(u);
     u = NULL;
   }
@@ -191,7 +208,7 @@ char *ah__url_link(CURLU *base, const char *ref, size_t len) {
   if (same_document(r)
           ? base != NULL
           : curl_url_set(u, CURLUPART_URL, r, CURLU_URLENCODE) == CURLUE_OK) {
-    if (is_http(u)) {
+    if (is_http(u) && host_ok(u)) {
       curl_url_set(u, CURLUPART_FRAGMENT, NULL, 0);
       lower_host(u);
       if (curl_url_get(u, CURLUPART_URL, &out, CURLU_NO_DEFAULT_PORT) !=

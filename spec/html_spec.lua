@@ -552,6 +552,21 @@ describe("url", function()
     assert.equal("https://example.com:8443/", url.normalize("https://EXAMPLE.com:8443"))
   end)
 
+  it("refuses a host with %7f, which curl would decode but not read back",
+    function()
+    -- found by fuzz/fuzz_url: normalize gave a URL it then refused
+    for _, u in ipairs{"http://a%7fb/", "HTTP://A%7Fb/x"} do
+      local n, err = url.normalize(u)
+      assert.is_nil(n)
+      assert.matches("Bad hostname", err)
+      assert.is_nil((url.parse(u)))
+      assert.is_nil((url.resolve("http://x/", u)))
+    end
+    local doc = html.parse('<a href="http://a%7fb/">x</a><a href="/ok">y</a>')
+    assert.same({"http://h/ok"}, doc:links("http://h/"))
+    assert.same({}, doc:links("http://a%7fb/"))
+  end)
+
   it("raises on misuse", function()
     assert.has_error(function() url.parse() end)
     assert.has_error(function() url.resolve("http://a/") end)
