@@ -153,9 +153,8 @@ static void check_signal(ah_host *h, lua_State *L, uint64_t now) {
   if (now - since < (uint64_t)(grace * NS)) return;
   signal_shutdown(h);
   snprintf(msg, sizeof msg,
-           "cancelled: %s: the task ran %.1f s without "
-           "yielding",
-           reason, (double)(now - since) / NS);
+           "cancelled: %s: the task ran %.1f s without yielding", reason,
+           (double)(now - since) / NS);
   strike(h, L, now, msg, reason);
 }
 
