@@ -25,6 +25,10 @@ test-asan: deps
 	@cmake --build $(ASAN_BUILD) -j$(JOBS)
 	spec/run $(ASAN_BUILD)
 
+.PHONY: test-valgrind
+test-valgrind: deps
+	spec/valgrind build-valgrind
+
 install: build
 	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX),)
 
