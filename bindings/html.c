@@ -689,9 +689,16 @@ static void css_value(css *c, sbuf *b) {
   c->p++;
 }
 
-/* Adds s as an XPath string literal. */
+/* Adds s as an XPath string literal. XPath has no escapes, and a
+   control character (from a CSS escape or a quoted value) is not an XML
+   character its parser would read. */
 static void out_literal(css *c, const char *s, size_t len) {
   size_t i, j;
+  for (i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch < 0x20 && ch != '\t' && ch != '\n' && ch != '\r')
+      css_fail(c, "a control character cannot be matched");
+  }
   if (!memchr(s, '\'', len)) {
     out(c, "'");
     sb_add(c, &c->out, s, len);

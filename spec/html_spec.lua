@@ -270,6 +270,18 @@ for sel in open(sys.argv[2]).read().splitlines():
     assert.matches("unsupported pseudo-class ':hover'", err, 1, true)
     assert.has_error(function() doc:select() end)
   end)
+
+  it("refuses a control character in a name or value it cannot match",
+    function()
+    -- found by fuzz/fuzz_html_select: the XPath made of it did not parse
+    for _, bad in ipairs({".\\1 x", "[title=\"a\1b\"]", "#\\1f", "\\2 "}) do
+      local ok, err = pcall(doc.select, doc, bad)
+      assert.is_false(ok, bad)
+      assert.matches("html: invalid selector '.-': a control character "
+        .. "cannot be matched", err)
+    end
+    assert.same({}, doc:select("[title='a\tb']"))
+  end)
 end)
 
 describe("doc:xpath", function()
