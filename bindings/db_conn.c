@@ -1448,6 +1448,19 @@ static void cancel_work(uv_work_t *w) {
   PQcancel(req->pc, req->err, sizeof req->err);
 }
 
+static void send_cancel(db_conn *c, db_op *op);
+
+/* A cancel request that reaches the backend between two statements (say
+   while it skips the rest of a failed pipeline segment) is dropped by the
+   server: while the abandoned statement it was for still runs, ask again. */
+static void on_recancel(ah_timer *t) {
+  db_op *op = (db_op *)((char *)t - offsetof(db_op, timer));
+  db_conn *c = op->conn;
+  if (c && c->cancel_target == op && !c->cancelling &&
+      c->state == DB_C_READY && op->abandoned)
+    send_cancel(c, op);
+}
+
 static void cancel_done(uv_work_t *w, int status) {
   cancel_req *req = (cancel_req *)w;
   db_conn *c = req->c;
@@ -1455,6 +1468,9 @@ static void cancel_done(uv_work_t *w, int status) {
   PQfreeCancel(req->pc);
   c->cancelling = 0;
   ah_host_count(c->host, "db.cancel", -1);
+  if (c->cancel_target && c->cancel_target->abandoned &&
+      c->state == DB_C_READY)
+    ah_timer_start(c->host, &c->cancel_target->timer, 0.25, on_recancel);
   cancel_abandoned(c);
   if (c->state == DB_C_READY) pump(c);
   db_conn_unref(c);
