@@ -62,9 +62,10 @@ local function alive(pid)
 end
 
 local serial = 0
+local RUN = math.random(1e9) -- busted --repeat loads this file again
 local function tmpfile(name)
   serial = serial + 1
-  return ("%s/faults_%d_%s"):format(TMP, serial, name)
+  return ("%s/faults_%d_%d_%s"):format(TMP, RUN, serial, name)
 end
 
 -- spec/support/fault_server.py MODE as a process of its own:
@@ -150,7 +151,7 @@ local function child_result(c, secs)
   return res
 end
 
-local function sigterm(pid) assert(os.execute("kill -TERM " .. pid)) end
+local function sigterm(pid) assert(os.execute("kill -TERM " .. pid), "no process " .. pid) end
 
 -- The PostgreSQL server's own view, through a connection of its own.
 local function admin(sql, ...)
@@ -469,6 +470,53 @@ describe("faults", function()
       assert.are.equal(0, res.code, res.stderr)
       assert.matches("starved\tconnect\n", res.stdout)
       assert.matches("recovered\t2\n", res.stdout)
+    end)
+  end)
+
+  describe("fd exhaustion in the http server (ulimit -n 64)", function()
+    it("closes the connections it has no descriptor for, serves the rest, then serves again", function()
+      local c = child([[
+        local app = http.server{max_connections = 1000}
+        app:get("/", function() return {ok = true} end)
+        assert(app:listen{host = "127.0.0.1", port = 0})
+        ready(app.port)
+      ]], {nofile = 64})
+      local pid, port = child_ready(c)
+      local res, err = ah.exec({PY, "-c", [[
+import json, socket, sys, time
+port = int(sys.argv[1])
+socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
+got = {"ok": 0, "closed": 0, "silent": 0, "other": 0}
+for s in socks:
+    try:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    except OSError:
+        pass
+for s in socks:
+    s.settimeout(3)
+    try:
+        d = s.recv(1000)
+        got["ok" if d.startswith(b"HTTP/1.1 200 ") else "closed" if not d else "other"] += 1
+    except socket.timeout:
+        got["silent"] += 1
+    except OSError:
+        got["closed"] += 1
+for s in socks:
+    s.close()
+time.sleep(0.2)
+s = socket.create_connection(("127.0.0.1", port), timeout=5)
+s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+got["after"] = s.recv(1000)[:12].decode()
+print(json.dumps(got))
+]], port}, {timeout = 30})
+      assert(res, err)
+      assert.are.equal(0, res.code, res.stderr)
+      local got = ah.json.decode(res.stdout)
+      assert.is_true(got.ok > 0, res.stdout)
+      assert.are.equal(200, got.ok + got.closed, res.stdout)
+      assert.are.equal("HTTP/1.1 200", got.after)
+      sigterm(pid)
+      assert.are.equal(0, child_result(c, 15).code)
     end)
   end)
 
