@@ -237,8 +237,10 @@ static curl_socket_t open_socket(void *clientp, curlsocktype purpose,
   k = sock_get(e, fd);
   if (k) {
     /* curl closed this number behind our back (a socket it did not open
-       through us) and still thinks it watches it: move its watch over to
-       the new socket, with a new poll, as curl expects. */
+       through us, or one of ours closed without CLOSESOCKETFUNCTION) and
+       still thinks it watches it: move its watch over to the new socket,
+       with a new poll, as curl expects. */
+    int counted = k->owned; /* one of ours: still counted as open */
     e->stale_fds++;
     poll_close(e, k);
     k->owned = 1;
@@ -246,6 +248,9 @@ static curl_socket_t open_socket(void *clientp, curlsocktype purpose,
       close(fd);
       return CURL_SOCKET_BAD;
     }
+    /* the old socket's count goes to the new one (counting it again made
+       sockets and idle.fetch.socket one too high for good: bench/soak) */
+    if (counted) return fd;
   } else if (!(k = sock_new(e, fd, 1))) {
     close(fd);
     return CURL_SOCKET_BAD;
