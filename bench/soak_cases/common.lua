@@ -20,6 +20,17 @@ function S.fds()
   return #assert(fs.list("/proc/self/fd")) - 1
 end
 
+-- The open descriptors by type (socket, fifo, file, char, unknown: an
+-- eventfd or epoll instance), to tell which kind a difference is.
+function S.fd_kinds()
+  local kinds = {}
+  for _, name in ipairs(assert(fs.list("/proc/self/fd"))) do
+    local st = fs.stat("/proc/self/fd/" .. name) -- nil: the list's own, now closed
+    if st then kinds[st.type] = (kinds[st.type] or 0) + 1 end
+  end
+  return kinds
+end
+
 -- What asynchost.stats() counts, without the always-changing "current".
 function S.live()
   local t = {}
@@ -29,10 +40,14 @@ function S.live()
   return t
 end
 
--- One checkpoint: {rss =, hwm =, fds =, live = {...}, done =, t =}
+-- One checkpoint: {rss =, hwm =, fds =, live = {...}, done =, t =}.
+-- It first lets the loop run for 0.1 s: a connection closed at the end of
+-- the last chunk (a cancelled fetch's) is closed in a close callback.
 local t0 = now()
 function S.checkpoint(done)
-  return {rss = S.status_kb("VmRSS"), hwm = S.status_kb("VmHWM"), fds = S.fds(), live = S.live(),
+  sleep(0.1)
+  return {rss = S.status_kb("VmRSS"), hwm = S.status_kb("VmHWM"), fds = S.fds(), fd_kinds = S.fd_kinds(),
+          live = S.live(),
           done = done, t = now() - t0, lua_kb = collectgarbage("count")}
 end
 

@@ -1,6 +1,7 @@
 -- Soak case "fetch": N fetches of the loopback origin's 1 KB file, CONC at
 -- once (keep-alive). Every tenth sends headers and a timeout, every
--- hundredth asks for a page that is not there (404), and every
+-- hundredth asks for a page that is not there (404), one in a hundred
+-- asks for "Connection: close" (a new connection next time), and every
 -- thousandth is cancelled by a timeout shorter than the origin's delay.
 --   asynchost bench/soak_cases/fetch.lua BASE_URL N CONC
 local S = dofile(arg[0]:match("^(.*)/") .. "/common.lua")
@@ -20,6 +21,8 @@ local function one(i)
     return
   elseif i % 100 == 0 then
     res, err = fetch(base_url .. "/missing/" .. i)
+  elseif i % 100 == 50 then
+    res, err = fetch(base_url .. "/1k?i=" .. i, {headers = {Connection = "close"}})
   elseif i % 10 == 0 then
     res, err = fetch(base_url .. "/1k?i=" .. i, {timeout = 10, headers = {["x-soak"] = tostring(i)}})
   else

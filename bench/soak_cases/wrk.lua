@@ -1,6 +1,8 @@
 -- wrk script for the soak's server case: the thread stops after
--- SOAK_REQUESTS responses (env; run with -t1) and rotates three requests:
--- GET /hello, GET /users/:id?q=, POST /echo. wrk's main thread sleeps for
+-- SOAK_REQUESTS responses (env; run with -t1) and rotates four requests:
+-- GET /hello, GET /users/:id?q=, POST /echo, and GET /hello with
+-- "Connection: close" (so a quarter of the requests come on a connection
+-- of their own: wrk reconnects). wrk's main thread sleeps for
 -- the whole -d duration anyway, so the script then creates the file
 -- SOAK_DONE and the driver sends wrk SIGINT (which ends that sleep; wrk
 -- prints its summary as usual).
@@ -14,6 +16,7 @@ function init(args)
     wrk.format("GET", "/hello"),
     wrk.format("GET", "/users/42?q=soak"),
     wrk.format("POST", "/echo", {["Content-Type"] = "application/json"}, '{"a":[1,2,3],"b":"text"}'),
+    wrk.format("GET", "/hello", {["Connection"] = "close"}),
   }
 end
 
