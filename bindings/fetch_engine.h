@@ -67,6 +67,7 @@ struct fetch_xfer {
   fetch_slot *slot; /* the per_host counter it holds, if any */
   int holds_slot;   /* counted in e->active */
   fetch_out *out;   /* the output file, if any */
+  curl_socket_t sock; /* the socket curl last asked to watch for it */
 };
 
 struct fetch_engine {
