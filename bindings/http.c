@@ -13,6 +13,8 @@
 ** so responses go out in order.
 */
 #include <errno.h>
+#include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1495,6 +1497,14 @@ static int opt_bool(lua_State *L, int idx, const char *k) {
   return v;
 }
 
+/* a count or size option, clamped to [0, max] (huge and NaN included) */
+static double opt_count(lua_State *L, int idx, const char *k, double def,
+                        double max) {
+  double v = opt_num(L, idx, k, def);
+  if (!(v >= 0)) return 0;
+  return v > max ? max : floor(v);
+}
+
 static uint64_t secs_to_ms(double s) {
   if (!(s > 0)) return 0;
   if (s > 1e9) s = 1e9;
@@ -1541,7 +1551,7 @@ static int start_listening(lua_State *L, http_server *s,
            ntohs(sa->sa_family == AF_INET6
                      ? ((const struct sockaddr_in6 *)sa)->sin6_port
                      : ((const struct sockaddr_in *)sa)->sin_port));
-  backlog = (int)opt_int(L, 1, "backlog", 511);
+  backlog = (int)opt_count(L, 1, "backlog", 511, INT_MAX);
   reuseport = opt_bool(L, 1, "reuseport") || getenv("ASYNCHOST_WORKER") != NULL;
   uv_tcp_init(ah_host_loop(h), &s->tcp);
   s->tcp.data = s;
@@ -1672,11 +1682,12 @@ static int l_listen(lua_State *L) {
   s->host = h;
   s->ref_self = s->ref_dispatch = s->ref_reqmt = s->ref_luamt = s->ref_keys =
       s->ref_sdt = LUA_NOREF;
-  s->max_body = (size_t)opt_num(L, 1, "max_body", 8 * 1024 * 1024);
-  s->max_header = (size_t)opt_num(L, 1, "max_header", 16 * 1024);
+  s->max_body = (size_t)opt_count(L, 1, "max_body", 8 << 20, 1e15);
+  /* the head is indexed with 32-bit sizes */
+  s->max_header = (size_t)opt_count(L, 1, "max_header", 16 << 10, 1 << 30);
   s->idle_ms = secs_to_ms(opt_num(L, 1, "idle_timeout", 60));
   s->request_ms = secs_to_ms(opt_num(L, 1, "request_timeout", 30));
-  s->max_conns = (int)opt_int(L, 1, "max_connections", 10000);
+  s->max_conns = (int)opt_count(L, 1, "max_connections", 10000, INT_MAX);
   s->access_log = opt_bool(L, 1, "access_log");
   if (literal) return start_listening(L, s, (struct sockaddr *)&addr);
   {

@@ -411,7 +411,7 @@ local function check_opts(opts, allowed, fname)
       error(sformat("%s: option '%s' must be a %s, not a %s", fname, k, want,
         type(v)), 3)
     end
-    if want == "number" and v < 0 then
+    if want == "number" and not (v >= 0) then
       error(sformat("%s: option '%s' must be >= 0", fname, k), 3)
     end
     out[k] = v

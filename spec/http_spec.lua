@@ -640,6 +640,22 @@ describe("http.server", function()
         "listen: unknown option 'prot'")
       assert.has_error(function() http.server():listen{port = 70000} end,
         "listen: port must be an integer from 0 to 65535")
+      assert.has_error(function() http.server{max_body = 0/0} end,
+        "http.server: option 'max_body' must be >= 0")
+      assert.has_error(function() http.server{max_header = -1} end,
+        "http.server: option 'max_header' must be >= 0")
+    end)
+
+    it("clamps huge limits instead of overflowing them", function()
+      local app = http.server{max_header = math.huge, max_body = 1e300,
+                              max_connections = 1e300}
+      app:post("/x", function(req) return tostring(#req.body) end)
+      assert(app:listen{host = "127.0.0.1", port = 0, backlog = 1e100})
+      local res = assert(fetch("http://127.0.0.1:" .. app.port .. "/x",
+        {body = ("b"):rep(70000), headers = {["x-big"] = ("h"):rep(40000)}}))
+      assert.are.equal(200, res.status)
+      assert.are.equal("70000", res.body)
+      app:close()
     end)
 
     it("raises on bad routes", function()
