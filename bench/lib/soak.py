@@ -305,10 +305,13 @@ def md_table(lines):
 
 
 def write_md(rows, args, started, ah):
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                         text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "host", "bindings", "lua"],
-                           cwd=ROOT).returncode != 0
+    if os.environ.get("SOAK_REV"):  # bench/soak --rev: a clean export
+        rev, dirty = os.environ["SOAK_REV"][:7], False
+    else:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "host", "bindings", "lua"],
+                               cwd=ROOT).returncode != 0
     cpu = ""
     try:
         with open("/proc/cpuinfo") as f:
