@@ -86,7 +86,8 @@ static void running_add(fetch_engine *e, int delta) {
        burst must not leave its idle connections holding every descriptor
        the process may open: the db, the server and files need some). */
     e->maxconnects = e->running * 2;
-    if (e->maxconnects > e->maxconnects_cap) e->maxconnects = e->maxconnects_cap;
+    if (e->maxconnects > e->maxconnects_cap)
+      e->maxconnects = e->maxconnects_cap;
     curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)e->maxconnects);
   }
   if (was == 0 && e->running > 0) uv_ref((uv_handle_t *)e->alive);
@@ -223,7 +224,8 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp,
   k->action = what;
   {
     fetch_xfer *x = NULL;
-    if (easy && curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&x) == CURLE_OK && x)
+    if (easy &&
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&x) == CURLE_OK && x)
       x->sock = s;
   }
   return poll_update(e, k);
@@ -237,7 +239,11 @@ static curl_socket_t open_socket(void *clientp, curlsocktype purpose,
   int fd;
   (void)purpose;
   fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
-  if (fd < 0) return CURL_SOCKET_BAD;
+  if (fd < 0) {
+    e->socket_errno = errno;
+    return CURL_SOCKET_BAD;
+  }
+  e->socket_errno = 0;
   k = sock_get(e, fd);
   if (k) {
     /* curl closed this number behind our back (a socket it did not open
@@ -885,6 +891,25 @@ void fetch_xfer_release(fetch_xfer *x) {
   e->nfree++;
 }
 
+/* curl says only "Couldn't connect" when our open_socket failed: say why
+   (out of descriptors, most often) */
+static void connect_detail(fetch_xfer *x, const char **detail) {
+  long os_errno = 0;
+  int err = x->e->socket_errno;
+  size_t n;
+  if (x->easy) curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &os_errno);
+  if (os_errno != 0 ||
+      (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM))
+    return;
+  if (strstr(x->errbuf, " (socket: ")) return; /* said already */
+  n = strlen(x->errbuf);
+  if (n == 0) n = (size_t)snprintf(x->errbuf, sizeof x->errbuf, "%s", *detail);
+  if (n < sizeof x->errbuf)
+    snprintf(x->errbuf + n, sizeof x->errbuf - n, " (socket: %s)",
+             strerror(err));
+  *detail = x->errbuf;
+}
+
 int fetch_xfer_error(fetch_xfer *x, const char **detail) {
   CURLcode c = x->result;
   *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(c);
@@ -899,6 +924,8 @@ int fetch_xfer_error(fetch_xfer *x, const char **detail) {
   case CURLE_COULDNT_RESOLVE_PROXY:
     return FK_DNS;
   case CURLE_COULDNT_CONNECT:
+    connect_detail(x, detail);
+    return FK_CONNECT;
   case CURLE_PROXY:
     return FK_CONNECT;
   case CURLE_OPERATION_TIMEDOUT:
@@ -1060,7 +1087,8 @@ int fetch_engine_ready(fetch_engine *e, char *err, size_t errlen) {
     if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur != RLIM_INFINITY &&
         r.rlim_cur / 4 < (rlim_t)e->maxconnects_cap)
       e->maxconnects_cap = (int)(r.rlim_cur / 4);
-    if (e->maxconnects_cap < e->maxconnects) e->maxconnects_cap = e->maxconnects;
+    if (e->maxconnects_cap < e->maxconnects)
+      e->maxconnects_cap = e->maxconnects;
   }
   return 0;
 oom:

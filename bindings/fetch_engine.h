@@ -63,10 +63,10 @@ struct fetch_xfer {
   size_t len, cap;
   curl_off_t max_size;
   curl_off_t received;
-  char *hostkey;    /* "host:port" for per_host, malloc'd */
-  fetch_slot *slot; /* the per_host counter it holds, if any */
-  int holds_slot;   /* counted in e->active */
-  fetch_out *out;   /* the output file, if any */
+  char *hostkey;      /* "host:port" for per_host, malloc'd */
+  fetch_slot *slot;   /* the per_host counter it holds, if any */
+  int holds_slot;     /* counted in e->active */
+  fetch_out *out;     /* the output file, if any */
   curl_socket_t sock; /* the socket curl last asked to watch for it */
 };
 
@@ -81,9 +81,9 @@ struct fetch_engine {
   size_t nsocks;
   fetch_xfer *free_list;
   int nfree;
-  fetch_xfer *live; /* transfers given out and not yet released */
-  int running;      /* easy handles in the multi */
-  int maxconnects;  /* connection cache size: twice the peak of running */
+  fetch_xfer *live;    /* transfers given out and not yet released */
+  int running;         /* easy handles in the multi */
+  int maxconnects;     /* connection cache size: twice the peak of running */
   int maxconnects_cap; /* ... but at most a quarter of RLIMIT_NOFILE */
   int closed;
   int async_dns; /* libcurl resolves off the loop (AsynchDNS) */
@@ -96,6 +96,7 @@ struct fetch_engine {
   char *user_agent;
   /* stats */
   uint64_t requests, reused, bytes, stale_fds;
+  int socket_errno; /* the last socket() failure, for connect: errors */
   uint64_t errors[FK_COUNT];
   long sockets; /* open sockets we own */
 };
