@@ -630,6 +630,46 @@ describe("http.server", function()
     end)
   end)
 
+  describe("idle connections", function()
+    -- a python3 client: one request on a keep-alive connection, then the
+    -- seconds until the server closes it (or "open" after 3 s)
+    local CLIENT = [[
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+s.settimeout(3)
+got = b""
+while b"\r\n\r\nok" not in got:
+    got += s.recv(4096)
+t0 = time.monotonic()
+try:
+    rest = s.recv(4096)
+    print("closed %.2f %d" % (time.monotonic() - t0, len(rest)))
+except socket.timeout:
+    print("open")
+]]
+
+    it("closes a keep-alive connection idle for idle_timeout", function()
+      local app = serve({idle_timeout = 0.3}, function(a)
+        a:get("/x", function() return "ok" end)
+      end)
+      local r = assert(ah.exec({"python3", "-c", CLIENT, tostring(app.port)}))
+      assert.are.equal(0, r.code, r.stderr)
+      local secs, extra = r.stdout:match("^closed ([%d.]+) (%d+)")
+      assert.is_not_nil(secs, r.stdout)
+      assert.is_true(tonumber(secs) >= 0.2 and tonumber(secs) < 2.5, r.stdout)
+      assert.are.equal("0", extra) -- closed quietly, nothing more sent
+    end)
+
+    it("keeps it open within idle_timeout", function()
+      local app = serve({idle_timeout = 10}, function(a)
+        a:get("/x", function() return "ok" end)
+      end)
+      local r = assert(ah.exec({"python3", "-c", CLIENT, tostring(app.port)}))
+      assert.are.equal("open\n", r.stdout)
+    end)
+  end)
+
   describe("misuse", function()
     it("raises on unknown or mistyped options", function()
       assert.has_error(function() http.server{max_bodyy = 1} end,
