@@ -891,6 +891,26 @@ void fetch_xfer_release(fetch_xfer *x) {
   e->nfree++;
 }
 
+/* RFC 9112 6.3: differing Content-Length values make the response
+   invalid; libcurl 7.88 takes the last one */
+static int conflicting_length(CURL *easy) {
+  struct curl_header *h;
+  char first[32];
+  size_t i, n;
+  if (curl_easy_header(easy, "Content-Length", 0, CURLH_HEADER, -1, &h) !=
+          CURLHE_OK ||
+      h->amount < 2)
+    return 0;
+  n = h->amount;
+  snprintf(first, sizeof first, "%s", h->value);
+  for (i = 1; i < n; i++)
+    if (curl_easy_header(easy, "Content-Length", i, CURLH_HEADER, -1, &h) !=
+            CURLHE_OK ||
+        strcmp(h->value, first) != 0)
+      return 1;
+  return 0;
+}
+
 /* curl says only "Couldn't connect" when our open_socket failed: say why
    (out of descriptors, most often) */
 static void connect_detail(fetch_xfer *x, const char **detail) {
@@ -919,6 +939,10 @@ int fetch_xfer_error(fetch_xfer *x, const char **detail) {
   }
   switch (c) {
   case CURLE_OK:
+    if (x->easy && conflicting_length(x->easy)) {
+      *detail = "conflicting Content-Length headers";
+      return FK_HTTP;
+    }
     return FK_NONE;
   case CURLE_COULDNT_RESOLVE_HOST:
   case CURLE_COULDNT_RESOLVE_PROXY:

@@ -267,6 +267,13 @@ describe("faults", function()
       end
       assert.are.equal("clean", assert(fetch(raw.url .. "/next")).body)
     end)
+
+    it("fails two different lengths with http:, naming the URL", function()
+      local res, err = fetch(raw.url .. "/duplen", {timeout = 5})
+      assert.is_nil(res)
+      assert.are.equal("http: " .. raw.url .. "/duplen: conflicting Content-Length headers", err)
+      assert.are.equal("clean", assert(fetch(raw.url .. "/next")).body)
+    end)
   end)
 
   describe("TLS and plain text crossed", function()
