@@ -2,7 +2,8 @@
 ** timeout(s, fn, ...): runs fn(...) in the calling task under a deadline.
 ** On expiry the scope is marked expired (sticky while it lasts) and the
 ** task's pending operation is aborted; timeout() knows its own expiry by
-** that flag and returns nil, "timeout: ...".
+** that flag (whatever fn then returned or raised) and returns
+** nil, "timeout: ...".
 */
 #include <math.h>
 
@@ -43,15 +44,18 @@ static int timeout_k(lua_State *L, int status, lua_KContext ctx) {
   ah__scope *s = (ah__scope *)ctx;
   int expired = s->expired;
   ah_task *t = s->task;
-  scope_end(s);
-  if (status == LUA_OK || status == LUA_YIELD) return lua_gettop(L) - 2;
-  if (expired && t && !t->cancelled && !ah__scope_expired(t) &&
-      ah__is_cancel_error(L, -1)) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "timeout: gave up after %f s", s->seconds);
-    return 2;
+  int own;
+  scope_end(s); /* t->scope is the outer one again */
+  own = expired && t && !t->cancelled && !ah__scope_expired(t);
+  /* by the flag alone: fn may have caught the cancellation and returned,
+     or raised something else in its place */
+  if (!own) {
+    if (status == LUA_OK || status == LUA_YIELD) return lua_gettop(L) - 2;
+    return lua_error(L);
   }
-  return lua_error(L);
+  lua_pushnil(L);
+  lua_pushfstring(L, "timeout: gave up after %f s", s->seconds);
+  return 2;
 }
 
 static int l_timeout(lua_State *L) {

@@ -207,8 +207,20 @@ describe("timeout", function()
       return "loop ended"
     end)
     assert.equal(50, tries)
-    assert.equal("loop ended", r)
-    assert.is_nil(err)
+    -- the deadline passed: timeout knows it by its flag, whatever fn returned
+    assert.is_nil(r)
+    assert.matches("^timeout: ", err)
+  end)
+
+  it("knows its expiry by its flag, not by the error fn raised", function()
+    local r, err = timeout(0.02, function()
+      local _, e = pcall(sleep, 1)
+      error("wrapped: " .. tostring(e))
+    end)
+    assert.is_nil(r)
+    assert.matches("^timeout: ", err)
+    -- an error before the deadline is the function's own
+    assert.has_error(function() timeout(1, error, "boom", 0) end, "boom")
   end)
 
   it("never lets an inner deadline outlast the outer one", function()
