@@ -685,7 +685,7 @@ void ah_open_log(lua_State *L, int mod) {
   int i;
   mod = lua_absindex(L, mod);
   ls = lua_newuserdatauv(L, sizeof *ls, 0);
-  ls->level = L_INFO;
+  ls->level = L_DEBUG;
   ls->shown = NULL;
   ls->width = 0;
   if (env && parse_level(env) >= 0) ls->level = parse_level(env);
