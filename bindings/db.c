@@ -749,6 +749,13 @@ static int conn_pid(lua_State *L) {
   return 1;
 }
 
+/* conn:_usable() -> whether the connection can still serve */
+static int conn_usable(lua_State *L) {
+  conn_ud *u = luaL_checkudata(L, 1, CONN_MT);
+  lua_pushboolean(L, u->c && db_conn_usable(u->c));
+  return 1;
+}
+
 static int conn_tostring(lua_State *L) {
   conn_ud *u = luaL_checkudata(L, 1, CONN_MT);
   static const char *const states[] = {"connecting", "connecting", "ready",
@@ -1003,13 +1010,19 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
 }
 
 void ah_open_db(lua_State *L, int mod) {
-  static const luaL_Reg conn_methods[] = {
-      {"query", conn_query},       {"exec", conn_exec},
-      {"copy_in", conn_copy_in},   {"listen", conn_listen},
-      {"unlisten", conn_unlisten}, {"notification", conn_notification},
-      {"close", conn_close},       {"pid", conn_pid},
-      {"_lease", conn_lease},      {"_release", conn_release},
-      {"_abort", conn_abort},      {NULL, NULL}};
+  static const luaL_Reg conn_methods[] = {{"query", conn_query},
+                                          {"exec", conn_exec},
+                                          {"copy_in", conn_copy_in},
+                                          {"listen", conn_listen},
+                                          {"unlisten", conn_unlisten},
+                                          {"notification", conn_notification},
+                                          {"close", conn_close},
+                                          {"pid", conn_pid},
+                                          {"_lease", conn_lease},
+                                          {"_release", conn_release},
+                                          {"_abort", conn_abort},
+                                          {"_usable", conn_usable},
+                                          {NULL, NULL}};
   static const luaL_Reg conn_meta[] = {{"__gc", conn_gc},
                                        {"__close", conn_gc},
                                        {"__tostring", conn_tostring},

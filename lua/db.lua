@@ -66,3 +66,51 @@ end
 
 conn.transaction, pool.transaction = transaction, transaction
 conn.with, pool.with = with, with
+
+-- pool:listen(channel) / pool:unlisten([channel]) / pool:notification([t]):
+-- LISTEN on one connection the pool lends for it and keeps lent until
+-- pool:unlisten() (all channels), pool:close(), or the connection is lost.
+local listener = setmetatable({}, {__mode = "k"})
+
+local function unpin(p)
+  local c = listener[p]
+  listener[p] = nil
+  if c then c:_release() end -- UNLISTEN * runs as it goes back
+end
+
+function pool:listen(channel)
+  local c = listener[self]
+  if not c then
+    local lease, err = self:_lease()
+    if not lease then return nil, err end
+    c = listener[self]
+    if c then lease:_release() else c = lease; listener[self] = c end
+  end
+  local ok, err = c:listen(channel)
+  if not ok and listener[self] == c and not c:_usable() then unpin(self) end
+  return ok, err
+end
+
+function pool:unlisten(channel)
+  local c = listener[self]
+  if not c then return true end
+  if channel == nil then
+    unpin(self)
+    return true
+  end
+  return c:unlisten(channel)
+end
+
+function pool:notification(t)
+  local c = listener[self]
+  if not c then return nil, "db: this pool listens on no channel (pool:listen first)" end
+  local n, err = c:notification(t)
+  if not n and listener[self] == c and not c:_usable() then unpin(self) end
+  return n, err
+end
+
+local pool_close = pool.close
+function pool:close(...)
+  unpin(self)
+  return pool_close(self, ...)
+end

@@ -826,6 +826,52 @@ describe("LISTEN/NOTIFY", function()
   end)
 end)
 
+describe("pool:listen / pool:notification", function()
+  after_each(function() H.assert_clean() end)
+
+  it("listens on one connection the pool keeps lent, queries go on", function()
+    local p = db.pool{dsn = DSN, size = 2}
+    assert.is_true(p:listen("pool_chan"))
+    assert.is_true(p:listen("pool_chan2")) -- the same connection
+    local st = p:stats()
+    assert.are.same({1, 1}, {st.open, st.busy}) -- one connection, kept lent
+    spawn(function()
+      sleep(0.05)
+      assert(p:query("select pg_notify('pool_chan', 'one')"))
+      assert(p:query("select pg_notify('pool_chan2', 'two')"))
+    end)
+    local a = assert(p:notification(5))
+    local b = assert(p:notification(5))
+    assert.are.same({"pool_chan", "one"}, {a.channel, a.payload})
+    assert.are.same({"pool_chan2", "two"}, {b.channel, b.payload})
+    local _, err = p:notification(0.05)
+    assert.are.equal("timeout: no notification within 0.05 s", err)
+    -- unlisten() of all gives the connection back (UNLISTEN * runs)
+    assert.is_true(p:unlisten())
+    local none, err2 = p:notification(0)
+    assert.is_nil(none)
+    assert.matches("^db: this pool listens on no channel", err2)
+    p:close()
+  end)
+
+  it("lets go of a lost connection; listen again gets a new one", function()
+    local p = db.pool{dsn = DSN, size = 2}
+    assert.is_true(p:listen("pool_lost"))
+    local pid = assert(p:with(function(c) return c:pid() end))
+    local listener_pid = assert(admin(
+      "select pid from pg_stat_activity where query ilike 'listen%pool_lost%'")[1]).pid
+    assert.are_not.equal(pid, listener_pid)
+    admin("select pg_terminate_backend($1)", listener_pid)
+    local n, err = p:notification(5)
+    assert.is_nil(n)
+    assert.matches("^db: ", err)
+    assert.is_true(p:listen("pool_lost"))
+    spawn(function() sleep(0.05) p:query("notify pool_lost, 'again'") end)
+    assert.are.equal("again", assert(p:notification(5)).payload)
+    p:close()
+  end)
+end)
+
 describe("TLS", function()
   after_each(function() H.assert_clean() end)
 
