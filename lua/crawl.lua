@@ -260,7 +260,8 @@ function Crawl:fetch_robots(o)
     -- RFC 9309: an unreachable robots.txt (5xx, network) disallows all
     self:warn(("robots.txt of %s unreachable (%s): not crawling that host"):format(
       o, res and ("status " .. res.status) or err))
-    rules = {rules = {{allow = false, len = 1, pattern = "^/"}}, unreachable = true}
+    rules = {rules = {{allow = false, len = 1, pattern = "^/"}},
+             unreachable = err or ("http: " .. o .. "/robots.txt: status " .. res.status)}
   end
   if rules.delay and rules.delay > 0 then
     local h = self:host(o .. "/")
@@ -288,7 +289,13 @@ function Crawl:wanted(u, is_start)
   if self.robots then
     local rules = self:robots_for(u)
     if #rules.rules > 0 and not crawl.robots_allows(rules, path_of(u)) then
-      self.stats.blocked = self.stats.blocked + 1
+      if is_start and rules.unreachable then
+        -- a start URL gets its line in --out: why it was not crawled
+        self:record({url = u, depth = 0, bytes = 0, links = M.json.array({}),
+                     error = rules.unreachable})
+      else
+        self.stats.blocked = self.stats.blocked + 1
+      end
       return false
     end
   end

@@ -321,6 +321,20 @@ describe("scripts/crawl.lua", function()
     end
   end)
 
+  it("writes a start URL whose host is unreachable to --out with the error", function()
+    local out = TMP .. "/dead.jsonl"
+    local _, stderr, code = crawl_cli({"-q", "-o", out, "http://127.0.0.1:1/x.html"})
+    assert.equal(0, code, stderr)
+    local recs = read_jsonl(out)
+    assert.equal(1, #recs)
+    assert.equal("http://127.0.0.1:1/x.html", recs[1].url)
+    assert.equal(0, recs[1].depth)
+    assert.is_nil(recs[1].status)
+    assert.matches("^connect: http://127%.0%.0%.1:1/robots%.txt: ", recs[1].error)
+    assert.matches("robots.txt of http://127.0.0.1:1 unreachable", stderr, 1, true)
+    assert.matches("1 failed to fetch", stderr, 1, true)
+  end)
+
   it("records transport errors, retries transient failures and follows redirects", function()
     local f = assert(io.open(SITE .. "/odd.html", "w"))
     f:write(([[<title>Odd</title><a href="/flaky/p/2.html">flaky</a>
