@@ -27,23 +27,9 @@ local tls_it = TLS and it or pending
 
 local function pat(s) return (s:gsub("%p", "%%%0")) end
 
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local slurp = H.slurp
 
-local function wait_for(what, pred, secs)
-  local deadline = now() + (secs or 10)
-  repeat
-    local v = pred()
-    if v then return v end
-    sleep(0.02)
-  until now() > deadline
-  error("timed out waiting for " .. what)
-end
+local wait_for = H.wait_for
 
 -- Waits for a task at most secs seconds (then cancels it and fails):
 -- returns what the task returned.

@@ -17,23 +17,9 @@ local function sh(cmd)
   return out
 end
 
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local slurp = H.slurp
 
-local function wait_for(what, pred, secs)
-  local deadline = ah.now() + (secs or 10)
-  repeat
-    local v = pred()
-    if v then return v end
-    ah.sleep(0.02)
-  until ah.now() > deadline
-  error("timed out waiting for " .. what)
-end
+local wait_for = H.wait_for
 
 local function alive(pid)
   return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true

@@ -30,6 +30,27 @@ function H.assert_clean(within)
   assert(#left == 0, "left behind: " .. table.concat(left, ", "))
 end
 
+-- A whole file's bytes, or nil when it cannot be read.
+function H.slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- Polls pred() until it returns a true value (returned) or `secs` (10)
+-- pass; then fails naming `what`.
+function H.wait_for(what, pred, secs)
+  local deadline = ah.now() + (secs or 10)
+  repeat
+    local v = pred()
+    if v then return v end
+    ah.sleep(0.02)
+  until ah.now() > deadline
+  error("timed out waiting for " .. what)
+end
+
 function H.env(name)
   local v = os.getenv(name)
   assert(v, name .. " is not set: run the specs through spec/run")
