@@ -3,7 +3,7 @@ BUILD ?= build
 ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
 
-.PHONY: all build demo test test-asan deps clean format install package bench
+.PHONY: all build demo test test-asan deps clean format format-check install package bench
 
 all: build
 
@@ -38,8 +38,14 @@ package: build
 bench:
 	bench/run
 
+C_SOURCES = host/*.c host/*.h bindings/*.c bindings/*.h tests/*.c tests/*.h \
+	examples/embed/*.c fuzz/*.c
+
 format:
-	clang-format -i host/*.c host/*.h bindings/*.c bindings/*.h tests/*.c
+	clang-format -i $(C_SOURCES)
+
+format-check:
+	clang-format --dry-run -Werror $(C_SOURCES)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1456,8 +1456,8 @@ static void send_cancel(db_conn *c, db_op *op);
 static void on_recancel(ah_timer *t) {
   db_op *op = (db_op *)((char *)t - offsetof(db_op, timer));
   db_conn *c = op->conn;
-  if (c && c->cancel_target == op && !c->cancelling &&
-      c->state == DB_C_READY && op->abandoned)
+  if (c && c->cancel_target == op && !c->cancelling && c->state == DB_C_READY &&
+      op->abandoned)
     send_cancel(c, op);
 }
 
@@ -1468,8 +1468,7 @@ static void cancel_done(uv_work_t *w, int status) {
   PQfreeCancel(req->pc);
   c->cancelling = 0;
   ah_host_count(c->host, "db.cancel", -1);
-  if (c->cancel_target && c->cancel_target->abandoned &&
-      c->state == DB_C_READY)
+  if (c->cancel_target && c->cancel_target->abandoned && c->state == DB_C_READY)
     ah_timer_start(c->host, &c->cancel_target->timer, 0.25, on_recancel);
   cancel_abandoned(c);
   if (c->state == DB_C_READY) pump(c);
