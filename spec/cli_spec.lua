@@ -3,15 +3,7 @@
 local H = require("spec.support.helper")
 
 local tmpdir = os.getenv("AH_TEST_TMP") or "/tmp"
-local n = 0
-local function script(text)
-  n = n + 1
-  local path = ("%s/cli_%d_%d.lua"):format(tmpdir, n, math.random(1e9))
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
-end
+local function script(text) return H.script(text, "cli") end
 
 describe("the asynchost CLI", function()
   it("runs a script with its arguments in arg and ...", function()

@@ -40,21 +40,8 @@ local function read_pid(path)
   return pid
 end
 
--- Open descriptors of this process, to check that no pipe leaks.
-local function fd_count()
-  return #assert(fs.list("/proc/self/fd"))
-end
-
 describe("exec", function()
-  local fds_before
-  -- libuv opens one spare descriptor (loop->emfile_fd) with its first
-  -- stream, for good: open it before counting
-  setup(function() exec({"true"}) end)
-  before_each(function() fds_before = fd_count() end)
-  after_each(function()
-    H.assert_clean()
-    assert.equal(fds_before, fd_count())
-  end)
+  H.check_each_test_for_leaks(setup, before_each, after_each)
 
   it("runs a program found in PATH and returns its exit code and output", function()
     local res = exec({"echo", "hello", 42})

@@ -12,24 +12,14 @@ local function tmpname(name)
 end
 
 -- Open descriptors of this process, to check that nothing leaks.
-local function fd_count()
-  return #assert(fs.list("/proc/self/fd"))
-end
+local fd_count = H.fd_count
 
 local function is_root()
   return exec({"id", "-u"}).stdout == "0\n"
 end
 
 describe("fs", function()
-  local fds_before
-  -- libuv opens one spare descriptor (loop->emfile_fd) with its first
-  -- stream, for good: open it before counting
-  setup(function() exec({"true"}) end)
-  before_each(function() fds_before = fd_count() end)
-  after_each(function()
-    H.assert_clean()
-    assert.equal(fds_before, fd_count())
-  end)
+  H.check_each_test_for_leaks(setup, before_each, after_each)
 
   describe("read", function()
     it("returns the whole file, binary bytes included", function()

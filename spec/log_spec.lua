@@ -4,16 +4,7 @@
 local H = require("spec.support.helper")
 local ah = require("asynchost")
 
-local tmpdir = os.getenv("AH_TEST_TMP") or "/tmp"
-local n = 0
-local function script(text)
-  n = n + 1
-  local path = ("%s/log_%d_%d.lua"):format(tmpdir, n, math.random(1e9))
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
-end
+local function script(text) return H.script(text, "log") end
 
 local function lines(s)
   local t = {}

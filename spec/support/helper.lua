@@ -30,6 +30,40 @@ function H.assert_clean(within)
   assert(#left == 0, "left behind: " .. table.concat(left, ", "))
 end
 
+-- Writes a Lua script to a fresh file under the test directory; its path.
+local nscripts = 0
+function H.script(text, prefix)
+  nscripts = nscripts + 1
+  local path = ("%s/%s_%d_%d.lua"):format(os.getenv("AH_TEST_TMP") or "/tmp",
+    prefix or "script", nscripts, math.random(1e9))
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+-- Open descriptors of this process, to check that nothing leaks one.
+function H.fd_count()
+  return #assert(ah.fs.list("/proc/self/fd"))
+end
+
+-- Inside a describe: after each test, nothing is left behind and no
+-- descriptor was added (one closed meanwhile by an earlier file's
+-- leftovers is not a leak). Takes busted's hooks, which live in the
+-- spec file's environment.
+function H.check_each_test_for_leaks(setup, before_each, after_each)
+  local before
+  -- libuv opens one spare descriptor (loop->emfile_fd) with its first
+  -- stream, for good: open it before counting
+  setup(function() ah.exec({"true"}) end)
+  before_each(function() before = H.fd_count() end)
+  after_each(function()
+    H.assert_clean()
+    local now = H.fd_count()
+    assert(now <= before, ("%d descriptors before the test, %d after"):format(before, now))
+  end)
+end
+
 -- A whole file's bytes, or nil when it cannot be read.
 function H.slurp(path)
   local f = io.open(path, "rb")
