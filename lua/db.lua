@@ -78,13 +78,30 @@ local function unpin(p)
   if c then c:_release() end -- UNLISTEN * runs as it goes back
 end
 
+-- One task at a time leases the listener (two leasing at once could
+-- starve a pool of size 1 for good).
+local pinning = setmetatable({}, {__mode = "k"})
+
+local function listener_of(p)
+  local sem = pinning[p]
+  if not sem then
+    sem = M.semaphore(1)
+    pinning[p] = sem
+  end
+  return sem:with(function()
+    if listener[p] then return listener[p] end
+    local lease, err = p:_lease()
+    if lease then listener[p] = lease end
+    return lease, err
+  end)
+end
+
 function pool:listen(channel)
   local c = listener[self]
   if not c then
-    local lease, err = self:_lease()
+    local lease, err = listener_of(self)
     if not lease then return nil, err end
-    c = listener[self]
-    if c then lease:_release() else c = lease; listener[self] = c end
+    c = lease
   end
   local ok, err = c:listen(channel)
   if not ok and listener[self] == c and not c:_usable() then unpin(self) end

@@ -854,6 +854,18 @@ describe("pool:listen / pool:notification", function()
     p:close()
   end)
 
+  it("pins one connection when tasks listen at once, even on a pool of one", function()
+    local p = db.pool{dsn = DSN, size = 1}
+    local oks = gather({"pa", "pb", "pc"}, function(ch)
+      return timeout(5, p.listen, p, ch)
+    end)
+    assert.are.same({true, true, true}, {oks[1], oks[2], oks[3]})
+    assert.are.equal(1, p:stats().open)
+    p:unlisten()
+    assert.are.same({{x = 1}}, assert(p:query("select 1 as x")))
+    p:close()
+  end)
+
   it("lets go of a lost connection; listen again gets a new one", function()
     local p = db.pool{dsn = DSN, size = 2}
     assert.is_true(p:listen("pool_lost"))
