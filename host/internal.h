@@ -89,11 +89,13 @@ struct ah_host {
   uv_idle_t idle;
   uv_check_t check;
   uv_prepare_t prepare;
-  uv_timer_t timer;
+  uv_timer_t timer; /* without a timerfd: whole milliseconds */
+  uv_poll_t tpoll;  /* on tfd: nanosecond deadlines (Linux) */
+  int tfd;          /* -1 when there is none */
   ah_timer **heap;
   uint32_t nheap, cheap;
   uint64_t tseq;
-  uint64_t armed; /* deadline the uv_timer is set for, 0 if stopped */
+  uint64_t armed; /* deadline the clock is set for, 0 if stopped */
   unsigned next_id;
   unsigned ntasks;
   int status;  /* exit status so far */

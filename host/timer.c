@@ -1,8 +1,16 @@
 /*
-** Timers: a binary min-heap of ah_timer on one uv_timer_t per host.
+** Timers: a binary min-heap of ah_timer on one clock per host: a timerfd
+** where there is one, else a uv_timer_t. A uv_timer counts whole
+** milliseconds from a loop time that may be a batch of callbacks old, so
+** sleep(0.01) lasts 10.0-11.5 ms on it; a timerfd wakes within microseconds
+** of the deadline.
 */
 #include <math.h>
 #include <stdlib.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/timerfd.h>
+#endif
 
 #include "internal.h"
 
@@ -56,24 +64,50 @@ static void heap_remove(ah_host *h, ah_timer *t) {
 }
 
 static void on_uv_timer(uv_timer_t *handle);
+static void on_timerfd(uv_poll_t *handle, int status, int events);
 
-/* Points the uv_timer at the earliest deadline, or stops it. */
+#ifdef __linux__
+/* uv_hrtime() reads CLOCK_MONOTONIC: the deadline is absolute on it. */
+static int timerfd_arm(ah_host *h, uint64_t due) {
+  struct itimerspec it = {{0, 0}, {0, 0}};
+  it.it_value.tv_sec = (time_t)(due / 1000000000u);
+  it.it_value.tv_nsec = (long)(due % 1000000000u);
+  return timerfd_settime(h->tfd, TFD_TIMER_ABSTIME, &it, NULL);
+}
+#endif
+
+static void clock_stop(ah_host *h) {
+  if (h->tfd >= 0) uv_poll_stop(&h->tpoll);
+  uv_timer_stop(&h->timer);
+}
+
+static void clock_start(ah_host *h, uint64_t due) {
+#ifdef __linux__
+  if (h->tfd >= 0 && timerfd_arm(h, due) == 0) {
+    if (!uv_is_active((uv_handle_t *)&h->tpoll))
+      uv_poll_start(&h->tpoll, UV_READABLE, on_timerfd);
+    return;
+  }
+#endif
+  uint64_t now = uv_hrtime();
+  uint64_t ms = due > now ? (due - now + 999999) / 1000000 : 0;
+  uv_timer_start(&h->timer, on_uv_timer, ms, 0);
+}
+
+/* Points the clock at the earliest deadline, or stops it. */
 static void timers_arm(ah_host *h) {
   if (h->nheap == 0) {
-    if (h->armed) uv_timer_stop(&h->timer);
+    clock_stop(h);
     h->armed = 0;
     return;
   }
   uint64_t due = h->heap[0]->due;
   if (h->armed == due) return;
-  uint64_t now = uv_hrtime();
-  uint64_t ms = due > now ? (due - now + 999999) / 1000000 : 0;
   h->armed = due;
-  uv_timer_start(&h->timer, on_uv_timer, ms, 0);
+  clock_start(h, due);
 }
 
-static void on_uv_timer(uv_timer_t *handle) {
-  ah_host *h = handle->data;
+static void timers_fire(ah_host *h) {
   uint64_t now = uv_hrtime();
   h->armed = 0;
   while (h->nheap > 0 && h->heap[0]->due <= now) {
@@ -82,6 +116,21 @@ static void on_uv_timer(uv_timer_t *handle) {
     t->fn(t);
   }
   timers_arm(h);
+}
+
+static void on_uv_timer(uv_timer_t *handle) {
+  timers_fire(handle->data);
+}
+
+static void on_timerfd(uv_poll_t *handle, int status, int events) {
+  ah_host *h = handle->data;
+  uint64_t expirations;
+  (void)status;
+  (void)events;
+  if (read(h->tfd, &expirations, sizeof expirations) < 0) {
+    /* EAGAIN: re-armed since it became readable */
+  }
+  timers_fire(h);
 }
 
 void ah_timer_start(ah_host *h, ah_timer *t, double seconds, ah_timer_fn fn) {
@@ -118,7 +167,22 @@ int ah_timer_active(const ah_timer *t) {
 int ah__timers_init(ah_host *h) {
   int rc = uv_timer_init(h->loop, &h->timer);
   h->timer.data = h;
+  h->tfd = -1;
+#ifdef __linux__
+  h->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (h->tfd >= 0 && uv_poll_init(h->loop, &h->tpoll, h->tfd) != 0) {
+    close(h->tfd);
+    h->tfd = -1;
+  }
+  if (h->tfd >= 0) h->tpoll.data = h;
+#endif
   return rc;
+}
+
+static void on_timerfd_closed(uv_handle_t *handle) {
+  ah_host *h = handle->data;
+  close(h->tfd);
+  h->tfd = -1;
 }
 
 void ah__timers_close(ah_host *h) {
@@ -126,6 +190,8 @@ void ah__timers_close(ah_host *h) {
   h->armed = 0;
   uv_timer_stop(&h->timer);
   ah_host_close_handle(h, (uv_handle_t *)&h->timer, NULL);
+  if (h->tfd >= 0)
+    ah_host_close_handle(h, (uv_handle_t *)&h->tpoll, on_timerfd_closed);
   free(h->heap);
   h->heap = NULL;
   h->cheap = 0;

@@ -18,6 +18,36 @@ describe("sleep", function()
     assert.is_true(dt < 2, "slept " .. dt)
   end)
 
+  it("never wakes before its deadline, in a row or side by side", function()
+    local early = {}
+    for i = 1, 20 do
+      local d = i * 0.0003
+      local t0 = now()
+      sleep(d)
+      if now() - t0 < d then early[#early + 1] = d end
+    end
+    local ds = {}
+    for i = 1, 20 do ds[i] = 0.011 - i * 0.0005 end
+    gather(ds, function(d)
+      local t0 = now()
+      sleep(d)
+      if now() - t0 < d then early[#early + 1] = d end
+    end)
+    assert.same({}, early)
+  end)
+
+  it("wakes a shorter sleep started after a longer one first", function()
+    local order = {}
+    local long = spawn(function() sleep(0.2) order[#order + 1] = "long" end)
+    sleep(0)
+    local t0 = now()
+    sleep(0.01)
+    order[#order + 1] = "short"
+    assert.is_true(now() - t0 < 0.15, "the short sleep waited for the long one")
+    long:wait()
+    assert.same({"short", "long"}, order)
+  end)
+
   it("with 0 lets the other ready tasks run first", function()
     local order = {}
     local t = spawn(function() order[#order + 1] = "child" end)
