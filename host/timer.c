@@ -83,10 +83,13 @@ static void clock_stop(ah_host *h) {
 
 static void clock_start(ah_host *h, uint64_t due) {
 #ifdef __linux__
-  if (h->tfd >= 0 && timerfd_arm(h, due) == 0) {
-    if (!uv_is_active((uv_handle_t *)&h->tpoll))
-      uv_poll_start(&h->tpoll, UV_READABLE, on_timerfd);
-    return;
+  if (h->tfd >= 0) {
+    if (timerfd_arm(h, due) == 0) {
+      if (!uv_is_active((uv_handle_t *)&h->tpoll))
+        uv_poll_start(&h->tpoll, UV_READABLE, on_timerfd);
+      return;
+    }
+    uv_poll_stop(&h->tpoll); /* still readable: it would spin */
   }
 #endif
   uint64_t now = uv_hrtime();
@@ -122,15 +125,12 @@ static void on_uv_timer(uv_timer_t *handle) {
   timers_fire(handle->data);
 }
 
+/* No read(): timers_fire re-arms the timerfd, which clears it, or stops
+   watching it. */
 static void on_timerfd(uv_poll_t *handle, int status, int events) {
-  ah_host *h = handle->data;
-  uint64_t expirations;
   (void)status;
   (void)events;
-  if (read(h->tfd, &expirations, sizeof expirations) < 0) {
-    /* EAGAIN: re-armed since it became readable */
-  }
-  timers_fire(h);
+  timers_fire(handle->data);
 }
 
 void ah_timer_start(ah_host *h, ah_timer *t, double seconds, ah_timer_fn fn) {
