@@ -268,9 +268,14 @@ static long curl_ms(double s) {
   return ms < 1 ? 1 : ms > INT_MAX ? INT_MAX : (long)ms;
 }
 
-/* Sets the request's options on x's easy handle. */
+/* Sets the request's options on x's easy handle. A plain GET (no body,
+   verify on, no cafile or proxy) sets only options that every request
+   sets again, so its handle is recycled without a curl_easy_reset. */
 static void apply_opts(fetch_xfer *x, const char *url, const req_opts *o) {
   CURL *c = x->easy;
+  int https = strncmp(url, "https:", 6) == 0 || strncmp(url, "HTTPS:", 6) == 0;
+  x->plain = strcmp(o->method, "GET") == 0 && !o->body && o->verify &&
+             !o->cafile && !o->proxy;
   curl_easy_setopt(c, CURLOPT_URL, url);
   if (strcmp(o->method, "HEAD") == 0)
     curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
@@ -285,16 +290,16 @@ static void apply_opts(fetch_xfer *x, const char *url, const req_opts *o) {
     if (strcmp(o->method, "POST") != 0)
       curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, o->method);
   }
-  if (x->headers) curl_easy_setopt(c, CURLOPT_HTTPHEADER, x->headers);
-  if (o->timeout > 0)
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, curl_ms(o->timeout));
-  if (o->connect_timeout > 0)
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, curl_ms(o->connect_timeout));
-  if (o->redirects > 0) {
-    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
+  /* 0 is each one's default (no limit, 300 s, off, off) */
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, x->headers);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS,
+                   o->timeout > 0 ? curl_ms(o->timeout) : 0L);
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS,
+                   o->connect_timeout > 0 ? curl_ms(o->connect_timeout) : 0L);
+  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, o->redirects > 0 ? 1L : 0L);
+  if (o->redirects > 0)
     curl_easy_setopt(c, CURLOPT_MAXREDIRS,
                      (long)(o->redirects > 1000 ? 1000 : o->redirects));
-  }
   if (!o->verify) {
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
@@ -304,10 +309,10 @@ static void apply_opts(fetch_xfer *x, const char *url, const req_opts *o) {
   if (o->cafile) curl_easy_setopt(c, CURLOPT_CAINFO, o->cafile);
   if (o->proxy) curl_easy_setopt(c, CURLOPT_PROXY, o->proxy);
   x->max_size = o->max_size;
-  if (o->max_size >= 0)
-    curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_size);
-  if (strncmp(url, "https:", 6) == 0 || strncmp(url, "HTTPS:", 6) == 0)
-    curl_easy_setopt(c, CURLOPT_PIPEWAIT, 1L); /* wait to multiplex (h2) */
+  curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE,
+                   (curl_off_t)(o->max_size >= 0 ? o->max_size : 0));
+  /* wait to multiplex (h2) */
+  curl_easy_setopt(c, CURLOPT_PIPEWAIT, https ? 1L : 0L);
 }
 
 /* ---- the URL ------------------------------------------------------------- */
@@ -348,19 +353,24 @@ static const char *check_url(const char *url, int want_key, char **hostkey) {
 
 /* ---- the response -------------------------------------------------------- */
 
+/* Pushes s in lower case. */
+static void push_lower(lua_State *L, const char *s) {
+  char small[64];
+  size_t n = strlen(s), i;
+  char *p = n <= sizeof small ? small : lua_newuserdatauv(L, n, 0);
+  for (i = 0; i < n; i++) p[i] = (char)tolower((unsigned char)s[i]);
+  lua_pushlstring(L, p, n);
+  if (p != small) lua_remove(L, -2);
+}
+
 /* Pushes the headers of the final response: lower-case names, repeats
    joined with ", ", set-cookie a list. */
 static void push_headers(lua_State *L, CURL *easy) {
   struct curl_header *h = NULL;
-  luaL_Buffer b;
-  lua_newtable(L);
+  lua_createtable(L, 0, 12); /* a typical response's count: no rehashing */
   while ((h = curl_easy_nextheader(easy, CURLH_HEADER, -1, h)) != NULL) {
-    const char *p;
     int cookie = strcasecmp(h->name, "set-cookie") == 0;
-    luaL_buffinit(L, &b);
-    for (p = h->name; *p; p++)
-      luaL_addchar(&b, (char)tolower((unsigned char)*p));
-    luaL_pushresult(&b); /* headers name */
+    push_lower(L, h->name); /* headers name */
     lua_pushvalue(L, -1);
     lua_rawget(L, -3); /* headers name old */
     if (cookie) {
@@ -550,6 +560,7 @@ static int l_config(lua_State *L) {
       if (!copy) return luaL_error(L, "fetch.config: out of memory");
       free(e->user_agent);
       e->user_agent = copy;
+      e->defaults++; /* recycled handles take it up */
     }
     fetch_engine_limits(e, per_host, total);
     lua_settop(L, 0);

@@ -650,7 +650,7 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
 static void easy_defaults(fetch_xfer *x) {
   fetch_engine *e = x->e;
   CURL *c = x->easy;
-  x->sock = CURL_SOCKET_BAD;
+  x->defaults = e->defaults;
   curl_easy_setopt(c, CURLOPT_PRIVATE, x);
   curl_easy_setopt(c, CURLOPT_SHARE, e->share);
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -695,10 +695,13 @@ fetch_xfer *fetch_xfer_new(fetch_engine *e) {
     if (!(x = calloc(1, sizeof *x))) return NULL;
     x->e = e;
   }
-  if (!x->easy && !(x->easy = curl_easy_init())) {
-    free(x->body);
-    free(x);
-    return NULL;
+  if (!x->easy) {
+    x->defaults = 0;
+    if (!(x->easy = curl_easy_init())) {
+      free(x->body);
+      free(x);
+      return NULL;
+    }
   }
   x->state = XS_IDLE;
   x->cancelled = 0;
@@ -708,7 +711,9 @@ fetch_xfer *fetch_xfer_new(fetch_engine *e) {
   x->len = 0;
   x->received = 0;
   x->max_size = -1;
-  easy_defaults(x);
+  x->sock = CURL_SOCKET_BAD;
+  x->plain = 0;
+  if (x->defaults != e->defaults) easy_defaults(x);
   live_link(e, x);
   ah_host_count(e->host, "fetch", 1);
   return x;
@@ -885,7 +890,11 @@ void fetch_xfer_release(fetch_xfer *x) {
     x->cap = 0;
   }
   x->len = 0;
-  if (x->easy) curl_easy_reset(x->easy);
+  /* a plain request's options are all set again by the next one */
+  if (x->easy && !x->plain) {
+    curl_easy_reset(x->easy);
+    x->defaults = 0;
+  }
   x->next = e->free_list;
   e->free_list = x;
   e->nfree++;
@@ -1050,6 +1059,7 @@ fetch_engine *fetch_engine_new(ah_host *h) {
   e->host = h;
   e->loop = ah_host_loop(h);
   e->user_agent = strdup("asynchost/" AH_VERSION);
+  e->defaults = 1;
   if (!e->user_agent || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     free(e->user_agent);
     free(e);

@@ -68,6 +68,8 @@ struct fetch_xfer {
   int holds_slot;     /* counted in e->active */
   fetch_out *out;     /* the output file, if any */
   curl_socket_t sock; /* the socket curl last asked to watch for it */
+  unsigned defaults;  /* e->defaults its easy handle is set up for, or 0 */
+  int plain; /* set only options every request sets: recycled unreset */
 };
 
 struct fetch_engine {
@@ -90,6 +92,8 @@ struct fetch_engine {
   /* limits on requests in flight; 0 = unlimited */
   long per_host, total;
   long active;
+  unsigned defaults; /* bumped when the options every request starts from
+                        change (user_agent) */
   int pumping, pump_again;
   fetch_xfer *wait_head, *wait_tail;
   fetch_slot **slots; /* per-host counters, hashed */

@@ -102,6 +102,37 @@ describe("fetch", function()
       assert.matches('"user-agent": "mine"', res.body, 1, true)
     end)
 
+    it("carries no option of one request into the next on a recycled handle", function()
+      -- one task, one request at a time: each reuses the handle just released
+      assert.equal(200, fetch(O .. "/redirect?n=1").status)
+      assert.equal(302, fetch(O .. "/redirect?n=1", {redirects = 0}).status)
+      assert.equal(200, fetch(O .. "/redirect?n=1").status)
+      local res, err = fetch(O .. "/delay?ms=300", {timeout = 0.05})
+      assert.is_nil(res)
+      assert.matches("^timeout: ", err)
+      assert.equal("delayed", fetch(O .. "/delay?ms=300").body)
+      res, err = fetch(O .. "/big?n=1000", {max_size = 10})
+      assert.is_nil(res)
+      assert.matches("^too_large: ", err)
+      assert.equal(1000, #fetch(O .. "/big?n=1000").body)
+      assert.matches('"x-one": "1"', fetch(O .. "/echo", {headers = {["X-One"] = 1}}).body, 1, true)
+      local body = fetch(O .. "/echo").body
+      assert.not_matches('"x-one"', body, 1, true)
+      assert.matches('"method": "GET"', body, 1, true)
+      assert.equal("", fetch(O .. "/ping", {method = "HEAD"}).body)
+      assert.equal("pong", fetch(O .. "/ping").body)
+      fetch(O .. "/echo", {method = "DELETE", body = "gone"})
+      body = fetch(O .. "/echo").body
+      assert.matches('"method": "GET"', body, 1, true)
+      assert.matches('"body": ""', body, 1, true)
+      local old = fetch.config().user_agent
+      fetch.config{user_agent = "spec-agent/2"}
+      body = fetch(O .. "/echo").body
+      fetch.config{user_agent = old}
+      assert.matches('"user-agent": "spec-agent/2"', body, 1, true)
+      assert.matches('"user-agent": "' .. old .. '"', fetch(O .. "/echo").body, 1, true)
+    end)
+
     it("makes a HEAD request that has headers but no body", function()
       local res = fetch(O .. "/ping", {method = "HEAD"})
       assert.equal(200, res.status)
