@@ -367,7 +367,7 @@ static void push_lower(lua_State *L, const char *s) {
    joined with ", ", set-cookie a list. */
 static void push_headers(lua_State *L, CURL *easy) {
   struct curl_header *h = NULL;
-  lua_createtable(L, 0, 12); /* a typical response's count: no rehashing */
+  lua_createtable(L, 0, 8); /* a typical response fits: no rehashing */
   while ((h = curl_easy_nextheader(easy, CURLH_HEADER, -1, h)) != NULL) {
     int cookie = strcasecmp(h->name, "set-cookie") == 0;
     push_lower(L, h->name); /* headers name */

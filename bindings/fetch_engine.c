@@ -27,10 +27,11 @@ const char *const fetch_kind_names[FK_COUNT] = {
     "http",      "dns",    "connect", "tls", "timeout",
     "too_large", "closed", "http",    "io"};
 
-#define NSLOTS 256            /* per-host counter buckets */
-#define FREE_MAX 1024         /* idle transfers kept for reuse */
-#define BODY_KEEP (256 << 10) /* body buffers up to this size are reused */
-#define OUT_HIGH (1 << 20)    /* output bytes queued before curl is paused */
+#define NSLOTS 256                /* per-host counter buckets */
+#define FREE_MAX 1024             /* idle transfers kept for reuse */
+#define BODY_KEEP (256 << 10)     /* body buffers up to this size are reused */
+#define BODY_GUESS_MAX (64 << 20) /* trust Content-Length up to this */
+#define OUT_HIGH (1 << 20) /* output bytes queued before curl is paused */
 
 /* A socket curl asked us to watch, or one we opened for it. */
 typedef struct fetch_sock {
@@ -616,6 +617,19 @@ static size_t out_write(fetch_xfer *x, const char *p, size_t n) {
 
 /* ---- transfers ----------------------------------------------------------- */
 
+/* Room for n more bytes of the body: the Content-Length the first time
+   (within BODY_GUESS_MAX: a header is only a promise), else double. */
+static size_t body_capacity(fetch_xfer *x, size_t n) {
+  size_t need = x->len + n, cap = x->cap ? x->cap * 2 : 1024;
+  curl_off_t length = -1;
+  if (x->len == 0)
+    curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length);
+  if (length > 0 && length <= BODY_GUESS_MAX && (size_t)length >= need)
+    return (size_t)length;
+  while (cap < need) cap *= 2;
+  return cap;
+}
+
 static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
   fetch_xfer *x = ud;
   size_t n = size * nmemb;
@@ -630,9 +644,8 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
     return r;
   }
   if (x->len + n > x->cap) {
-    size_t cap = x->cap ? x->cap * 2 : 16384;
+    size_t cap = body_capacity(x, n);
     char *b;
-    while (cap < x->len + n) cap *= 2;
     if (!(b = realloc(x->body, cap))) {
       fetch_xfer_fail(x, FK_HTTP, "out of memory for the body");
       return 0;
