@@ -618,13 +618,15 @@ static size_t out_write(fetch_xfer *x, const char *p, size_t n) {
 /* ---- transfers ----------------------------------------------------------- */
 
 /* Room for n more bytes of the body: the Content-Length the first time
-   (within BODY_GUESS_MAX: a header is only a promise), else double. */
+   (within BODY_GUESS_MAX and max_size: a header is only a promise), else
+   double. */
 static size_t body_capacity(fetch_xfer *x, size_t n) {
   size_t need = x->len + n, cap = x->cap ? x->cap * 2 : 1024;
   curl_off_t length = -1;
   if (x->len == 0)
     curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length);
-  if (length > 0 && length <= BODY_GUESS_MAX && (size_t)length >= need)
+  if (length > 0 && length <= BODY_GUESS_MAX &&
+      (x->max_size < 0 || length <= x->max_size) && (size_t)length >= need)
     return (size_t)length;
   while (cap < need) cap *= 2;
   return cap;
@@ -904,7 +906,9 @@ void fetch_xfer_release(fetch_xfer *x) {
   }
   x->len = 0;
   /* a plain request's options are all set again by the next one */
-  if (x->easy && !x->plain) {
+  if (x->easy && x->plain)
+    curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, NULL); /* freed above */
+  else if (x->easy) {
     curl_easy_reset(x->easy);
     x->defaults = 0;
   }

@@ -145,6 +145,7 @@ describe("fetch", function()
       assert.equal("one, two", res.headers["x-multi"])
       assert.equal("only", res.headers["x-single"])
       assert.same({"a=1; Path=/", "b=2; Path=/"}, res.headers["set-cookie"])
+      assert.equal("name over 64 bytes", res.headers["x-" .. ("long"):rep(40)])
       for name in pairs(res.headers) do assert.equal(name:lower(), name) end
     end)
 

@@ -177,6 +177,7 @@ def cookies(h, url, q):
     h.send_header("X-Multi", "one")
     h.send_header("X-Multi", "two")
     h.send_header("X-Single", "only")
+    h.send_header("X-" + "Long" * 40, "name over 64 bytes")
     h.end_headers()
     h.wfile.write(b"ok")
 
